@@ -1,0 +1,290 @@
+"""The ``scalelab`` command: images, labs for people, cleanup, reports."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from harness.config import OPTIONS, LabConfig, build_config
+from harness.errors import LabError, UserError
+from harness.image import cache
+
+
+def _add_lab_options(p: argparse.ArgumentParser) -> None:
+    for opt in OPTIONS:
+        if opt.flag:
+            p.add_argument(opt.cli, dest=opt.name, action="store_true", default=None,
+                           help=opt.help)
+        else:
+            p.add_argument(opt.cli, dest=opt.name, default=None, help=opt.help)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="scalelab", description="A test lab for scalability experiments."
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    img = sub.add_parser("image", help="build and list base images")
+    isub = img.add_subparsers(dest="image_command", required=True, metavar="ACTION")
+    b = isub.add_parser("build", help="build the base image (cached by recipe)")
+    b.add_argument("--recipe", help="recipe TOML file (default: pyproject or the base)")
+    b.add_argument("--vm", action="store_true", help="add a kernel and initramfs for VMs")
+    b.add_argument("--mirror", help="Debian mirror (default: the host's apt source)")
+    b.add_argument("--force", action="store_true", help="rebuild even if cached")
+    isub.add_parser("list", help="cached images with size and digest")
+    pr = isub.add_parser("prune", help="remove cached images other than the current ones")
+    pr.add_argument("--recipe", help="recipe whose images to keep")
+    pr.add_argument("--all", action="store_true", help="remove every cached image")
+    v = isub.add_parser("verify", help="check an image's sha256 against its manifest")
+    v.add_argument("key")
+
+    up = sub.add_parser("up", help="bring a lab up and leave it running")
+    _add_lab_options(up)
+
+    down = sub.add_parser("down", help="take down a lab left up (default: the newest)")
+    down.add_argument("run", nargs="?", help="run id or run directory")
+
+    cl = sub.add_parser("clean", help="remove what dead runs left behind")
+    cl.add_argument("--all", action="store_true", help="also labs kept up and live runs")
+    cl.add_argument("run", nargs="?", help="only this run id")
+
+    sub.add_parser("ls", help="labs known on this host")
+
+    rep = sub.add_parser("report", help="(re)render a run's report")
+    rep.add_argument("run_dir")
+    rep.add_argument("--tz", help="time zone to draw in (default: the run's)")
+    rep.add_argument("--out", help="write the report here instead of the run directory")
+
+    cmp_ = sub.add_parser("compare", help="compare two runs")
+    cmp_.add_argument("run_a")
+    cmp_.add_argument("run_b")
+    cmp_.add_argument("--threshold", type=float, default=0.10,
+                      help="relative change flagged as a regression (default 0.10)")
+    cmp_.add_argument("--out", help="directory for compare.html/.txt (default: run_b)")
+    cmp_.add_argument("--fail-on-regression", action="store_true",
+                      help="exit 1 when a regression is found")
+
+    fault = sub.add_parser("fault", help="inject a fault into a lab that is up")
+    fault.add_argument("action", choices=["kill", "pause", "resume", "isolate", "heal",
+                                          "limit", "unlimit"])
+    fault.add_argument("guests", nargs="*", help="guest names")
+    fault.add_argument("--run", help="run id (default: the newest lab up)")
+    fault.add_argument("--rate", default="1mbit", help="rate for `limit` (tc tbf)")
+    return p
+
+
+def _image_command(args: argparse.Namespace) -> int:
+    from harness.image.build import build, sha256_file
+    from harness.image.recipe import load_recipe
+
+    if args.image_command == "build":
+        recipe = load_recipe(Path(args.recipe) if args.recipe else None, Path.cwd())
+        if args.vm:
+            recipe = recipe.with_vm()
+        if args.mirror:
+            recipe = recipe.with_mirror(args.mirror)
+        image, built = build(recipe, force=args.force)
+        if built:
+            print(f"built image {image.key}: {image.path} ({image.size >> 20} MiB, "
+                  f"{image.digest[:19]}…, {image.manifest.get('build_seconds')} s)")
+        else:
+            print(f"image {image.key} is already built and cached: {image.path} "
+                  "(nothing to do; --force rebuilds)")
+        return 0
+    if args.image_command == "list":
+        images = cache.list_images()
+        if not images:
+            print(f"no images cached in {cache.images_root()}")
+            return 0
+        print(f"{'KEY':<18}{'RECIPE':<12}{'VM':<4}{'SIZE':>9}  {'CREATED':<22}DIGEST")
+        for i in images:
+            print(f"{i.key:<18}{i.info()['recipe']:<12}{'yes' if i.vm else 'no':<4}"
+                  f"{i.size / 2**20:>8.0f}M  {i.manifest.get('created', ''):<22}{i.digest}")
+        return 0
+    if args.image_command == "prune":
+        keep: set[str] = set()
+        if not args.all:
+            from harness.image.build import host_mirror
+
+            recipe = load_recipe(Path(args.recipe) if args.recipe else None, Path.cwd())
+            recipe = recipe.with_mirror(recipe.mirror or host_mirror())
+            keep = {recipe.key(), recipe.with_vm().key()}
+        removed = 0
+        for image in cache.list_images():
+            if image.key not in keep:
+                cache.remove(image)
+                removed += 1
+                print(f"removed {image.key} ({image.size >> 20} MiB)")
+        print(f"{removed} image(s) removed")
+        return 0
+    if args.image_command == "verify":
+        image = cache.resolve(args.key)
+        digest = sha256_file(image.path)
+        if digest != image.digest:
+            print(f"image {image.key}: digest {digest} does not match {image.digest}")
+            return 1
+        print(f"image {image.key}: {digest} ok")
+        return 0
+    raise AssertionError(args.image_command)
+
+
+def _terminal_progress(total: int, started: int, ready: int, failed: int) -> None:
+    line = f"bringing up {total}: {started} started, {ready} ssh-ready"
+    if failed:
+        line += f", {failed} failed"
+    if sys.stderr.isatty():
+        sys.stderr.write("\r" + line)
+        if ready + failed == total:
+            sys.stderr.write("\n")
+    elif ready + failed == total or (started == total and ready == 0):
+        sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def _up(args: argparse.Namespace) -> int:
+    from harness.session import Session
+
+    given = {o.name: getattr(args, o.name) for o in OPTIONS}
+    cfg: LabConfig = build_config(given, Path.cwd())
+    if len(cfg.guests) != 1:
+        raise UserError("scalelab up takes one number of guests, not a sweep")
+    session = Session(cfg, progress=_terminal_progress)
+    session.warn_leftovers(print_fn=lambda m: print(m, file=sys.stderr))
+    try:
+        lab = session.lab_up(cfg.guests[0])
+    except BaseException:
+        session.finish()
+        raise
+    lab.keep()
+    session.finish(render=False)
+    run_dir = session.run_dir
+    print(f"lab {session.run_id} is up: {len(lab.require_fleet().names)} guests, "
+          f"{lab.bringup_seconds:.1f} s")
+    print(f"run directory: {run_dir}/")
+    first = lab.guests[0].name
+    print(f"try: ssh -F {run_dir}/ssh_config {first} hostname")
+    print(f"take it down with: scalelab down {session.run_id}")
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    from harness.state import list_states
+
+    states = list_states()
+    if args.run:
+        want = Path(args.run).name
+        states = [s for s in states if s.run_id == want]
+        if not states:
+            raise UserError(f"no lab {args.run!r} is up on this host (see `scalelab ls`)")
+    else:
+        states = [s for s in states if s.kept or not s.owner_alive]
+        if not states:
+            print("no lab is up")
+            return 0
+        states = states[-1:]
+    state = states[0]
+    if state.owner_alive and not state.kept and not args.run:
+        raise UserError(f"lab {state.run_id} belongs to a running process; use its run id")
+    problems = state.remove_all()
+    for p in problems:
+        print(f"problem: {p}", file=sys.stderr)
+    print(f"lab {state.run_id} is down" + (" (with problems)" if problems else ""))
+    return 1 if problems else 0
+
+
+def _clean(args: argparse.Namespace) -> int:
+    from harness.state import list_states
+
+    states = list_states()
+    if args.run:
+        states = [s for s in states if s.run_id == Path(args.run).name]
+    cleaned = 0
+    failed = 0
+    for s in states:
+        if not args.all and not args.run and (s.owner_alive or s.kept):
+            continue
+        problems = s.remove_all()
+        cleaned += 1
+        status = "removed" if not problems else "left problems: " + "; ".join(problems)
+        print(f"{s.run_id}: {len(s.resources)} resources {status}")
+        failed += bool(problems)
+    print(f"{cleaned} run(s) cleaned" if cleaned else "nothing to clean")
+    return 1 if failed else 0
+
+
+def _ls(args: argparse.Namespace) -> int:
+    from harness.state import list_states
+
+    states = list_states()
+    if not states:
+        print("no labs on this host")
+        return 0
+    for s in states:
+        status = "kept up" if s.kept else ("running" if s.owner_alive else "dead (leftovers)")
+        print(f"{s.run_id}  {s.header.get('backend', '?'):<6} {status:<17}"
+              f"{s.header.get('run_dir', '')}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from harness.report import render_report
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir} is not a run directory")
+    out = render_report(run_dir, tz=args.tz, out_dir=Path(args.out) if args.out else None)
+    print(f"report: {out}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from harness.report import compare_runs
+
+    a, b = Path(args.run_a), Path(args.run_b)
+    out = Path(args.out) if args.out else b
+    result = compare_runs(a, b, out, threshold=args.threshold)
+    print(result.text)
+    print(f"comparison: {result.html_path}")
+    if args.fail_on_regression and result.regressions:
+        return 1
+    return 0
+
+
+def _fault(args: argparse.Namespace) -> int:
+    from harness.faults import cli_fault
+
+    return cli_fault(args)
+
+
+def _sigterm(signum: int, frame: Any) -> None:
+    # Turn SIGTERM into an exception so every `finally` and context manager runs.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _sigterm)
+    handlers = {
+        "image": _image_command, "up": _up, "down": _down, "clean": _clean, "ls": _ls,
+        "report": _report, "compare": _compare, "fault": _fault,
+    }
+    try:
+        return handlers[args.command](args)
+    except UserError as err:
+        print(f"scalelab: error: {err}", file=sys.stderr)
+        return 2
+    except LabError as err:
+        print(f"scalelab: lab error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("scalelab: interrupted; everything this run made was taken down", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

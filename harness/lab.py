@@ -1,0 +1,269 @@
+"""A lab: N guests of one image on one backend, reachable over pinned SSH.
+
+``Lab`` ties the parts together: it picks the image, derives identities, journals every
+resource, asks the backend to start the guests, waits for each to answer SSH (recording
+every phase as a timing row), exports ``ssh_config``/``known_hosts`` and hands out a
+``Fleet`` for fan-out.  ``stop()`` takes everything down and never raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import paramiko
+
+from harness.backends import load_backend, parse_backend
+from harness.backends.base import Backend, Guest, RunContext
+from harness.config import LabConfig
+from harness.errors import LabError
+from harness.identity import GuestSpec, KeyPair, choose_subnet, make_specs, preflight
+from harness.image import cache
+from harness.image.build import build
+from harness.image.recipe import load_recipe
+from harness.ssh import (
+    Fleet,
+    GuestError,
+    HandshakeGate,
+    ReadyOptions,
+    connect_ready,
+    host_keys_for,
+    load_private_key,
+    write_client_key,
+    write_exports,
+)
+from harness.state import RunState
+from harness.store import Recorder
+
+#: (total, started, ready, failed) → None; drawn as one line by the plugin and the CLI.
+ProgressFn = Callable[[int, int, int, int], None]
+
+
+def ensure_image(config: LabConfig, progress: Callable[[str], None] | None = None,
+                 vm: bool = False) -> cache.Image:
+    """The image the config names, or the recipe's image (built now if not cached)."""
+    if config.image:
+        image = cache.resolve(config.image)
+    else:
+        recipe = load_recipe(Path(config.recipe) if config.recipe else None, config.project_dir)
+        if vm:
+            recipe = recipe.with_vm()
+        image, _ = build(recipe, progress=progress)
+    image.check()
+    return image
+
+
+@dataclass
+class BringUpStats:
+    started: int = 0
+    ready: int = 0
+    failed: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Lab:
+    """One lab of guests. Use as a context manager, or call ``start``/``stop``."""
+
+    def __init__(
+        self,
+        config: LabConfig,
+        run_id: str,
+        run_dir: Path,
+        recorder: Recorder,
+        *,
+        progress: ProgressFn | None = None,
+        image: cache.Image | None = None,
+        name_prefix: str = "g",
+    ) -> None:
+        self.config = config
+        self.run_id = run_id
+        self.run_dir = run_dir
+        self.recorder = recorder
+        self.progress = progress or (lambda total, s, r, f: None)
+        self.image = image
+        self.name_prefix = name_prefix
+        url = parse_backend(config.backend)
+        self.backend: Backend = load_backend(url)
+        self.state: RunState | None = None
+        self.guests: list[Guest] = []
+        self.fleet: Fleet | None = None
+        self.failures: dict[str, GuestError] = {}
+        self.subnet: str | None = None
+        self.bringup_seconds: float | None = None
+        self._stats = BringUpStats()
+        self._total = 0
+        self._stopped = False
+
+    # -- bring-up ------------------------------------------------------------------------
+
+    def _phase(self, guest: str, op: str, start_ns: int, end_ns: int) -> None:
+        self.recorder.timing(op, start_ns, end_ns, guest=guest, phase="bringup")
+        if op == "started":
+            with self._stats.lock:
+                self._stats.started += 1
+            self._report_progress()
+
+    def _report_progress(self) -> None:
+        s = self._stats
+        self.progress(self._total, s.started, s.ready, s.failed)
+
+    def start(self, n_guests: int, *, min_ready: float = 1.0) -> list[Guest]:
+        """Bring up ``n_guests``; raise LabError if fewer than ``min_ready`` of them answer."""
+        t0 = time.monotonic()
+        self._total = n_guests
+        try:
+            return self._start(n_guests, min_ready, t0)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, n: int, min_ready: float, t0: float) -> list[Guest]:
+        cfg = self.config
+        image = self.image or ensure_image(cfg, vm=self.backend.name in ("qemu", "xen"))
+        self.image = image
+        self.backend.check(image, n)
+        subnet = choose_subnet(cfg.subnet, n)
+        self.subnet = str(subnet)
+        self.state = RunState.create(
+            self.run_id, backend=self.backend.name, run_dir=str(self.run_dir.resolve()),
+            kept=False,
+        )
+        client_key = KeyPair.generate(f"scalelab-{self.run_id}")
+        key_path = write_client_key(self.run_dir, client_key)
+        specs: list[GuestSpec] = make_specs(
+            self.run_id, n, subnet, oui=self.backend.mac_oui, prefix=self.name_prefix,
+            memory=cfg.guest_memory, cpus=cfg.guest_cpus,
+        )
+        preflight(specs)
+        ctx = RunContext(
+            run_id=self.run_id,
+            state=self.state,
+            run_dir=self.run_dir,
+            client_public_key=client_key.public_openssh,
+            on_phase=self._phase,
+            options={
+                "subnet": str(subnet),
+                "subnet_gateway": f"{specs[0].gateway}/{subnet.prefixlen}",
+            },
+        )
+        self.backend.prepare(image, ctx)
+        guests = self.backend.up(specs)
+        self.guests = guests
+        write_exports(self.run_dir, guests, key_path)
+        clients = self._wait_ready(guests, load_private_key(client_key.private_openssh))
+        ready = len(clients)
+        if ready < min_ready * n or ready == 0:
+            shown = "; ".join(str(e) for e in list(self.failures.values())[:3])
+            raise LabError(f"{n - ready} of {n} guests did not come up: {shown}")
+        by_name = {g.name: g for g in guests}
+        order = [g.name for g in guests if g.name in clients]
+        self.fleet = Fleet({n_: clients[n_] for n_ in order}, by_name, cfg.fanout_workers)
+        for name, err in self.failures.items():
+            self.fleet.lost[name] = time.time_ns()
+            del err
+        self.bringup_seconds = time.monotonic() - t0
+        self._record_footprint()
+        return guests
+
+    def _wait_ready(self, guests: list[Guest], key: paramiko.PKey) -> dict[str, paramiko.SSHClient]:
+        cfg = self.config
+        host_keys = host_keys_for(guests)
+        gate = HandshakeGate(cfg.ssh_concurrency)
+        opts = ReadyOptions(timeout=cfg.ready_timeout)
+        jump_clients = getattr(self.backend, "jump_clients", {})
+        clients: dict[str, paramiko.SSHClient] = {}
+        workers = min(len(guests), 256)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ready") as pool:
+            futures = {
+                pool.submit(connect_ready, g, key, host_keys, gate, self._phase, opts,
+                            jump_clients): g
+                for g in guests
+            }
+            for fut in as_completed(futures):
+                g = futures[fut]
+                try:
+                    clients[g.name] = fut.result()
+                    with self._stats.lock:
+                        self._stats.ready += 1
+                except GuestError as err:
+                    self.failures[g.name] = err
+                    now = time.time_ns()
+                    self.recorder.timing(
+                        "ready", now, now, guest=g.name, phase="bringup", ok=False,
+                        error_class=err.error_class, error=err.message,
+                    )
+                    with self._stats.lock:
+                        self._stats.failed += 1
+                self._report_progress()
+        return clients
+
+    def _record_footprint(self) -> None:
+        """Per-guest memory and copy-on-write bytes, as metric rows."""
+        footprint = getattr(self.backend, "footprint", None)
+        if footprint is None:
+            return
+        for name, values in footprint(self.guests).items():
+            for metric, (value, unit) in values.items():
+                self.recorder.metric(metric, value, unit=unit, guest=name)
+
+    # -- use -----------------------------------------------------------------------------
+
+    def require_fleet(self) -> Fleet:
+        if self.fleet is None:
+            raise LabError("the lab is not up")
+        return self.fleet
+
+    def keep(self) -> None:
+        """Leave the lab up after this process ends (``scalelab down`` takes it down)."""
+        if self.state is not None:
+            self.state.update_header(kept=True)
+        self._stopped = True
+        if self.fleet is not None:
+            self.fleet.close()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend.describe(),
+            "image": self.image.info() if self.image else None,
+            "subnet": self.subnet,
+            "guests_up": len(self.fleet.names) if self.fleet else 0,
+            "bringup_seconds": self.bringup_seconds,
+            "failures": {n: e.error_class for n, e in self.failures.items()},
+        }
+
+    # -- teardown ------------------------------------------------------------------------
+
+    def stop(self) -> list[str]:
+        """Take the lab down; idempotent, never raises. Returns problems met."""
+        if self._stopped:
+            return []
+        self._stopped = True
+        problems: list[str] = []
+        if self.fleet is not None:
+            with contextlib.suppress(Exception):
+                self.fleet.close()
+        try:
+            problems += self.backend.down()
+        except Exception as exc:
+            problems.append(f"backend down: {exc}")
+        if self.state is not None:
+            problems += self.state.remove_all()
+        return problems
+
+    def __enter__(self) -> Lab:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,250 @@
+"""The pytest plugin: options, fixtures, sweep parametrisation, progress and the report.
+
+Registered through the ``pytest11`` entry point.  Nothing starts unless a test asks for a
+lab fixture, so the plugin is harmless in test suites that do not use it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.backends.base import Guest
+from harness.config import OPTIONS, LabConfig, build_config
+from harness.errors import LabError, UserError
+from harness.lab import Lab
+from harness.session import Session
+from harness.ssh import Fleet
+from harness.store import Recorder
+
+_CONFIG_KEY = pytest.StashKey[LabConfig]()
+_SESSION_KEY = pytest.StashKey["Session"]()
+_OUTCOME_KEY = pytest.StashKey[dict[str, int]]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("scalelab", "scalelab: guests, backend, report")
+    for opt in OPTIONS:
+        if opt.flag:
+            group.addoption(opt.cli, dest=f"scalelab_{opt.name}", action="store_true",
+                            default=None, help=opt.help)
+        else:
+            group.addoption(opt.cli, dest=f"scalelab_{opt.name}", default=None, help=opt.help)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "quorum(fraction): the share of guests that must succeed")
+    config.addinivalue_line("markers", "recipe(path): the image recipe this scenario needs")
+    if _under_xdist(config):
+        raise pytest.UsageError(
+            "scalelab: do not run scenarios under pytest-xdist (-n): every worker would boot "
+            "its own guests; the lab is already parallel"
+        )
+    given = {o.name: config.getoption(f"scalelab_{o.name}") for o in OPTIONS}
+    try:
+        lab_config = build_config(given, Path(str(config.rootpath)))
+    except UserError as err:
+        raise pytest.UsageError(f"scalelab: {err}") from None
+    if lab_config.report_tz is not None:
+        try:
+            from harness.report import resolve_zone
+
+            resolve_zone(lab_config.report_tz)
+        except UserError as err:
+            raise pytest.UsageError(f"scalelab: {err}") from None
+    config.stash[_CONFIG_KEY] = lab_config
+    config.stash[_OUTCOME_KEY] = {"passed": 0, "failed": 0, "skipped": 0, "error": 0}
+
+
+def _under_xdist(config: pytest.Config) -> bool:
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return True
+    n = getattr(config.option, "numprocesses", None)
+    return bool(n) and n != 0
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "n_guests" in metafunc.fixturenames:
+        sweep = metafunc.config.stash[_CONFIG_KEY].guests
+        metafunc.parametrize("n_guests", sweep, ids=[f"n={n}" for n in sweep], scope="function")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    counts = item.config.stash.get(_OUTCOME_KEY, None)
+    if counts is None:
+        return
+    if report.when == "call":
+        counts[report.outcome] = counts.get(report.outcome, 0) + 1
+    elif report.failed:
+        counts["error"] += 1
+    elif report.skipped and report.when == "setup":
+        counts["skipped"] += 1
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    s = session.config.stash.get(_SESSION_KEY, None)
+    if s is None:
+        return
+    problems = s.finish(outcome=dict(session.config.stash[_OUTCOME_KEY]))
+    tr = session.config.pluginmanager.get_plugin("terminalreporter")
+    if tr is not None:
+        for p in problems:
+            tr.write_line(f"scalelab: {p}", red=True)
+        tr.write_line(f"scalelab: report in {s.run_dir}/index.html")
+
+
+# -- progress ------------------------------------------------------------------------------
+
+
+class _Progress:
+    """One line rewritten in place on a terminal (pytest-xdist style), milestones elsewhere."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.tr = config.pluginmanager.get_plugin("terminalreporter")
+        self.capman = config.pluginmanager.get_plugin("capturemanager")
+        self.tty = bool(self.tr is not None and self.tr.isatty())
+        self._last_milestone = -1
+
+    def _write(self, text: str, *, rewrite: bool) -> None:
+        if self.tr is None:
+            return
+        ctx = self.capman.global_and_fixture_disabled() if self.capman else _null()
+        with ctx:
+            if rewrite:
+                self.tr.rewrite(text, erase=True)
+            else:
+                self.tr.write_line(text)
+
+    def __call__(self, total: int, started: int, ready: int, failed: int) -> None:
+        line = f"bringing up {total}: {started} started, {ready} ssh-ready"
+        if failed:
+            line += f", {failed} failed"
+        done = ready + failed == total
+        if self.tty:
+            self._write(line, rewrite=True)
+            if done:
+                self._write("", rewrite=False)
+            return
+        # Plain output: a line at each quarter, so logs stay short for 1024 guests.
+        milestone = (4 * (ready + failed)) // max(total, 1)
+        if done or (milestone != self._last_milestone and started == total):
+            self._last_milestone = milestone
+            self._write(line, rewrite=False)
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *a: object) -> None:
+        return None
+
+
+# -- fixtures ------------------------------------------------------------------------------
+
+
+def _sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@pytest.fixture(scope="session")
+def lab_config(request: pytest.FixtureRequest) -> LabConfig:
+    """The merged configuration (options > [tool.scalelab] > defaults)."""
+    return request.config.stash[_CONFIG_KEY]
+
+
+@pytest.fixture(scope="session")
+def scalelab_session(request: pytest.FixtureRequest, lab_config: LabConfig) -> Session:
+    """The run: its id, directory and timing store. Created on first use."""
+    # SIGTERM must unwind like Ctrl-C so that every guest is taken down.
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _sigterm)
+    progress = _Progress(request.config)
+    try:
+        s = Session(lab_config, progress=progress)
+    except UserError as err:
+        pytest.exit(f"scalelab: {err}", returncode=pytest.ExitCode.USAGE_ERROR)
+    request.config.stash[_SESSION_KEY] = s
+    s.warn_leftovers(lambda m: progress._write(m, rewrite=False))
+    return s
+
+
+@pytest.fixture(scope="session")
+def lab(scalelab_session: Session, lab_config: LabConfig) -> Iterator[Lab]:
+    """The guests of this run, brought up once (the largest N of a sweep) and taken down
+    at the end of the session, whatever happened."""
+    try:
+        the_lab = scalelab_session.lab_up(lab_config.max_guests)
+    except UserError as err:
+        pytest.exit(f"scalelab: {err}", returncode=pytest.ExitCode.USAGE_ERROR)
+    except LabError as err:
+        pytest.fail(f"scalelab: {err}", pytrace=False)
+    try:
+        yield the_lab
+    finally:
+        if lab_config.keep_guests:
+            the_lab.keep()
+            sys.stderr.write(
+                f"\nscalelab: lab kept up; ssh -F {the_lab.run_dir}/ssh_config "
+                f"{the_lab.guests[0].name}; take it down with `scalelab down`\n"
+            )
+        else:
+            the_lab.stop()
+
+
+@pytest.fixture
+def n_guests(request: pytest.FixtureRequest, lab_config: LabConfig) -> int:
+    """The N of this test (parametrised by --guests); the largest N if not swept."""
+    return int(getattr(request, "param", lab_config.max_guests))
+
+
+@pytest.fixture
+def guests(lab: Lab, n_guests: int) -> list[Guest]:
+    """The first ``n_guests`` guests that are up."""
+    fleet = lab.require_fleet()
+    by_name = {g.name: g for g in lab.guests}
+    return [by_name[n] for n in fleet.names[:n_guests]]
+
+
+@pytest.fixture
+def fleet(lab: Lab, guests: list[Guest]) -> Fleet:
+    """Fan-out over this test's guests (connections are shared with the lab)."""
+    return lab.require_fleet().subset(g.name for g in guests)
+
+
+@pytest.fixture
+def recorder(scalelab_session: Session, request: pytest.FixtureRequest,
+             n_guests: int) -> Recorder:
+    """Timing and metric rows of this test, tagged with its name and N."""
+    return scalelab_session.recorder(request.node.name, n_guests)
+
+
+@pytest.fixture
+def lab_factory(
+    scalelab_session: Session, request: pytest.FixtureRequest
+) -> Iterator[Callable[[int], Lab]]:
+    """Bring up fresh side labs inside the test (a boot storm per N); all taken down after."""
+    made: list[Lab] = []
+
+    def make(n: int, min_ready: float = 1.0) -> Lab:
+        sub = f"{len(scalelab_session.labs)}"
+        lab = scalelab_session.lab_up(
+            n, scenario=request.node.name, sub=sub, min_ready=min_ready
+        )
+        made.append(lab)
+        return lab
+
+    try:
+        yield make
+    finally:
+        for lab in made:
+            lab.stop()

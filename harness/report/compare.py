@@ -1,0 +1,273 @@
+"""``compare_runs``: what changed between two runs, per scenario and N, with regressions flagged."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from harness.errors import UserError
+from harness.report.export import PlotFile, save_figure, slug
+from harness.report.plots import latency_unit, n_axis, new_figure
+from harness.report.rundata import RunData, load_run
+from harness.report.summary import series_stats
+from harness.report.templating import environment, write_page
+from harness.report.zones import zone_for_run, zone_name
+
+COMPARE_HTML = "compare.html"
+COMPARE_TEXT = "compare.txt"
+
+#: metric → True when a larger value is worse.
+METRICS: dict[str, bool] = {"p50": True, "p95": True, "throughput": False}
+_UNITS = {"p50": "latency", "p95": "latency", "throughput": "ops/s"}
+
+
+@dataclass(frozen=True)
+class Regression:
+    """One metric of one (scenario, N) that got worse by more than the threshold."""
+
+    scenario: str
+    n_guests: int
+    metric: str
+    before: float
+    after: float
+    change: float  # relative: (after - before) / before
+
+    def __str__(self) -> str:
+        return (
+            f"{self.scenario} N={self.n_guests}: {self.metric} "
+            f"{_fmt(self.metric, self.before)} → {_fmt(self.metric, self.after)} "
+            f"({self.change * 100:+.1f} %)"
+        )
+
+
+@dataclass(frozen=True)
+class CompareRow:
+    """One (scenario, op, N) in either run; values are None where a run lacks it."""
+
+    scenario: str
+    op: str
+    n_guests: int
+    count_a: int | None
+    count_b: int | None
+    success_a: float | None
+    success_b: float | None
+    a: dict[str, float | None]
+    b: dict[str, float | None]
+    change: dict[str, float | None]
+    flagged: tuple[str, ...] = ()
+
+    @property
+    def presence(self) -> str:
+        if self.count_a is None:
+            return "only in B"
+        return "only in A" if self.count_b is None else "both"
+
+
+@dataclass
+class CompareResult:
+    """What :func:`compare_runs` found; ``regressions`` empty means B is no worse than A."""
+
+    run_a: Path
+    run_b: Path
+    threshold: float
+    regressions: list[Regression]
+    rows: list[CompareRow]
+    text: str
+    html_path: Path
+    text_path: Path
+    plots: list[PlotFile] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.regressions
+
+
+def _fmt(metric: str, value: float | None) -> str:
+    if value is None or math.isnan(value):
+        return "–"
+    if _UNITS[metric] == "ops/s":
+        return f"{value:,.1f}/s"
+    return f"{value * 1000:.3g} ms" if value < 1 else f"{value:.3f} s"
+
+
+def _num(value: object) -> float | None:
+    if value is None:
+        return None
+    f = float(value)  # type: ignore[arg-type]
+    return None if math.isnan(f) else f
+
+
+def relative_change(before: float | None, after: float | None) -> float | None:
+    if before is None or after is None or before == 0:
+        return None
+    return (after - before) / before
+
+
+def is_worse(metric: str, change: float | None, threshold: float) -> bool:
+    """Latency up, or throughput down, by more than ``threshold`` (a fraction)."""
+    if change is None:
+        return False
+    return change > threshold if METRICS[metric] else change < -threshold
+
+
+def compare_stats(
+    stats_a: pd.DataFrame, stats_b: pd.DataFrame, threshold: float
+) -> tuple[list[CompareRow], list[Regression]]:
+    """Join two :func:`series_stats` tables on (scenario base, op, N) and flag regressions."""
+    keys = ["base", "op", "n_guests"]
+    cols = [*keys, "title", "count", "success_rate", *METRICS]
+    merged = stats_a[cols].merge(
+        stats_b[cols], on=keys, how="outer", suffixes=("_a", "_b"), indicator=True
+    )
+    merged = merged.sort_values(keys)
+    rows: list[CompareRow] = []
+    regressions: list[Regression] = []
+    for r in merged.to_dict(orient="records"):
+        title = str(r["title_b"] if isinstance(r["title_b"], str) else r["title_a"])
+        n = int(r["n_guests"])
+        a = {m: _num(r[f"{m}_a"]) for m in METRICS}
+        b = {m: _num(r[f"{m}_b"]) for m in METRICS}
+        change = {m: relative_change(a[m], b[m]) for m in METRICS}
+        flagged = tuple(m for m in METRICS if is_worse(m, change[m], threshold))
+        for m in flagged:
+            regressions.append(Regression(title, n, m, a[m] or 0.0, b[m] or 0.0, change[m] or 0.0))
+        in_a, in_b = r["_merge"] != "right_only", r["_merge"] != "left_only"
+        rows.append(
+            CompareRow(
+                scenario=title,
+                op=str(r["op"]),
+                n_guests=n,
+                count_a=int(r["count_a"]) if in_a else None,
+                count_b=int(r["count_b"]) if in_b else None,
+                success_a=_num(r["success_rate_a"]) if in_a else None,
+                success_b=_num(r["success_rate_b"]) if in_b else None,
+                a=a,
+                b=b,
+                change=change,
+                flagged=flagged,
+            )
+        )
+    return rows, regressions
+
+
+def compare_text(
+    run_a: RunData, run_b: RunData, rows: list[CompareRow], regressions: list[Regression],
+    threshold: float,
+) -> str:  # fmt: skip
+    """The plain-text table printed by ``scalelab compare`` and written to compare.txt."""
+    lines = [
+        f"scalelab compare: A = {run_a.run_id} ({run_a.run_dir})",
+        f"                  B = {run_b.run_id} ({run_b.run_dir})",
+        f"regression threshold: {threshold:.0%} (latency up or throughput down)",
+        "",
+    ]
+    head = (
+        f"{'scenario':<34} {'N':>5}  {'p50 A → B':<26} {'p95 A → B':<26} {'ops/s A → B':<30} flag"
+    )
+    lines += [head, "-" * len(head)]
+    for row in rows:
+        cells = []
+        for m in METRICS:
+            ch = row.change[m]
+            delta = f" ({ch * 100:+.0f}%)" if ch is not None else ""
+            cells.append(f"{_fmt(m, row.a[m])} → {_fmt(m, row.b[m])}{delta}")
+        flag = "WORSE " + ",".join(row.flagged) if row.flagged else ""
+        if row.presence != "both":
+            flag = row.presence
+        lines.append(
+            f"{row.scenario[:34]:<34} {row.n_guests:>5}  {cells[0]:<26} {cells[1]:<26} "
+            f"{cells[2]:<30} {flag}".rstrip()
+        )
+    lines.append("")
+    if regressions:
+        lines.append(f"{len(regressions)} regression(s) beyond {threshold:.0%}:")
+        lines += [f"  {r}" for r in regressions]
+    else:
+        lines.append(f"no regression beyond {threshold:.0%}")
+    return "\n".join(lines) + "\n"
+
+
+def compare_figure(a: pd.DataFrame, b: pd.DataFrame, title: str) -> Figure | None:
+    """p50 and throughput vs N of both runs, side by side (None when neither has data)."""
+    if a.empty and b.empty:
+        return None
+    fig = new_figure(11.0, 3.4)
+    ax_lat, ax_thr = fig.subplots(1, 2)
+    scale, unit = latency_unit(pd.concat([a["p50"], b["p50"]]).to_numpy(dtype=float))
+    ns: set[int] = set()
+    for label, g, style in (("A", a, "o--"), ("B", b, "s-")):
+        if g.empty:
+            continue
+        g = g.sort_values("n_guests")
+        n = g["n_guests"].to_numpy(dtype=float)
+        ns |= {int(x) for x in n}
+        ax_lat.plot(n, g["p50"].to_numpy(dtype=float) * scale, style, label=f"{label} p50")
+        ax_thr.plot(n, g["throughput"].to_numpy(dtype=float), style, label=label)
+    ax_lat.set_ylabel(f"p50 latency ({unit})")
+    ax_thr.set_ylabel("throughput (ops/s)")
+    for ax in (ax_lat, ax_thr):
+        n_axis(ax, sorted(ns))
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{title}: A (dashed) vs B (solid)")
+    return fig
+
+
+def compare_runs(run_a: Path, run_b: Path, out_dir: Path, threshold: float = 0.10) -> CompareResult:
+    """Compare run B against run A; write ``compare.html`` and ``compare.txt`` into ``out_dir``.
+
+    A (scenario, N) regresses when its p50 or p95 latency grows, or its throughput shrinks, by
+    more than ``threshold`` (0.10 = 10 %).
+    """
+    if not 0 <= threshold < 10:
+        raise UserError(f"compare threshold must be a fraction such as 0.1, got {threshold}")
+    a = load_run(Path(run_a), rebuild_parquet=False)
+    b = load_run(Path(run_b), rebuild_parquet=False)
+    stats_a, stats_b = series_stats(a.timings), series_stats(b.timings)
+    rows, regressions = compare_stats(stats_a, stats_b, threshold)
+    text = compare_text(a, b, rows, regressions, threshold)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    text_path = out / COMPARE_TEXT
+    text_path.write_text(text, encoding="utf-8")
+    plots: list[PlotFile] = []
+    titles = sorted(set(stats_a["title"]) | set(stats_b["title"]))
+    for title in titles:
+        fig = compare_figure(
+            stats_a[stats_a["title"] == title], stats_b[stats_b["title"] == title], str(title)
+        )
+        if fig is not None:
+            plots.append(save_figure(fig, out, f"compare-{slug(str(title))}", str(title)))
+    zone = zone_for_run(None, b.info)
+    html_path = write_page(
+        environment(zone),
+        "compare.html.j2",
+        out / COMPARE_HTML,
+        run_a=a,
+        run_b=b,
+        threshold=threshold,
+        rows=rows,
+        regressions=regressions,
+        metrics=list(METRICS),
+        plots=plots,
+        generated=dt.datetime.now(dt.UTC),
+        zone=zone_name(zone),
+    )
+    return CompareResult(
+        run_a=a.run_dir,
+        run_b=b.run_dir,
+        threshold=threshold,
+        regressions=regressions,
+        rows=rows,
+        text=text,
+        html_path=html_path,
+        text_path=text_path,
+        plots=plots,
+    )

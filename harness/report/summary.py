@@ -1,0 +1,215 @@
+"""Numbers of a run: latency percentiles, throughput, parallel efficiency and the scaling knee.
+
+Everything here is aggregated with pandas over the whole table, so a million rows cost a few
+group-bys, not a Python loop per row.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from harness.report.scenarios import series_title
+
+PERCENTILES = (0.50, 0.95, 0.99)
+#: Throughput that grows less than this per doubling of N has stopped scaling.
+KNEE_GROWTH = 0.10
+
+SERIES_KEYS = ["base", "op"]
+STAT_COLUMNS = [
+    "base", "op", "title", "n_guests", "count", "ok", "failed", "success_rate",
+    "p50", "p95", "p99", "max", "mean", "span_s", "throughput", "ideal", "efficiency",
+]  # fmt: skip
+
+
+def workload_rows(timings: pd.DataFrame) -> pd.DataFrame:
+    return timings[timings["phase"] == "workload"]
+
+
+def series_stats(timings: pd.DataFrame) -> pd.DataFrame:
+    """One row per (scenario base, op, N) of the workload phase; latencies of successful ops.
+
+    Throughput is successful ops per second of wall time, the wall time being the span of the
+    rows of each pytest node summed over nodes (a repeated node does not count the gap between).
+    """
+    wl = workload_rows(timings)
+    if wl.empty:
+        return pd.DataFrame(columns=STAT_COLUMNS)
+    keys = [*SERIES_KEYS, "n_guests"]
+    counts = wl.groupby(keys, observed=True, sort=True).agg(count=("ok", "size"), ok=("ok", "sum"))
+    spans = wl.groupby([*keys, "scenario"], observed=True).agg(
+        start=("start", "min"), end=("end", "max")
+    )
+    span_s = ((spans["end"] - spans["start"]).dt.total_seconds()).groupby(level=keys).sum()
+    good = wl.loc[wl["ok"], [*keys, "duration_s"]]
+    grouped = good.groupby(keys, observed=True)["duration_s"]
+    quant = grouped.quantile(list(PERCENTILES)).unstack()
+    quant.columns = [f"p{round(q * 100)}" for q in PERCENTILES]
+    stats = counts.join(quant).join(grouped.max().rename("max")).join(grouped.mean().rename("mean"))
+    stats["span_s"] = span_s
+    stats = stats.reset_index()
+    stats["failed"] = stats["count"] - stats["ok"]
+    stats["success_rate"] = stats["ok"] / stats["count"]
+    stats["throughput"] = np.where(stats["span_s"] > 0, stats["ok"] / stats["span_s"], np.nan)
+    ops_per_base = stats.groupby("base")["op"].transform("nunique")
+    stats["title"] = [
+        series_title(b, o, int(k))
+        for b, o, k in zip(stats["base"], stats["op"], ops_per_base, strict=True)
+    ]
+    first = stats.groupby(SERIES_KEYS, observed=True)[["n_guests", "throughput"]].transform("first")
+    # Ideal linear scaling from the smallest N: throughput(N0) * N / N0.
+    stats["ideal"] = first["throughput"] * stats["n_guests"] / first["n_guests"].clip(lower=1)
+    stats["efficiency"] = stats["throughput"] / stats["ideal"]
+    return stats[STAT_COLUMNS]
+
+
+@dataclass(frozen=True)
+class Knee:
+    """Where throughput stops growing: ``n`` is None while it still grows at the largest N."""
+
+    title: str
+    n: int | None
+    text: str
+
+
+def find_knee(
+    ns: Sequence[int], throughput: Sequence[float], growth: float = KNEE_GROWTH
+) -> int | None:
+    """The N beyond which throughput grows by at most ``growth`` per doubling of N."""
+    pairs = [(n, t) for n, t in zip(ns, throughput, strict=True) if n > 0 and not math.isnan(t)]
+    pairs.sort()
+    for (n0, t0), (n1, t1) in itertools.pairwise(pairs):
+        if t0 <= 0:
+            continue
+        per_doubling = (t1 / t0) ** (1.0 / math.log2(n1 / n0)) - 1.0
+        if per_doubling <= growth:
+            return n0
+    return None
+
+
+def knees(stats: pd.DataFrame, growth: float = KNEE_GROWTH) -> list[Knee]:
+    """The knee of every workload series, with a sentence saying what it means."""
+    out: list[Knee] = []
+    for title, g in stats.groupby("title", sort=False):
+        g = g.sort_values("n_guests")
+        ns = [int(n) for n in g["n_guests"]]
+        thr = [float(t) for t in g["throughput"]]
+        pct = f"{growth:.0%}"
+        if len(ns) < 2:
+            out.append(Knee(str(title), None, f"one N only ({ns[0]}): no scaling curve"))
+            continue
+        n = find_knee(ns, thr, growth)
+        if n is None:
+            out.append(
+                Knee(str(title), None, f"still scaling at N={ns[-1]} (> {pct} per doubling)")
+            )
+        else:
+            out.append(Knee(str(title), n, f"throughput grows ≤ {pct} per doubling beyond N={n}"))
+    return out
+
+
+def bringup_stats(timings: pd.DataFrame) -> pd.DataFrame:
+    """Per (scenario, N) bring-up: per-guest time to ready and the wall time until all were."""
+    bu = timings[timings["phase"] == "bringup"]
+    cols = ["scenario", "n_guests", "guests", "failed", "ready_p50", "ready_p95", "ready_max",
+            "all_ready_s", "slowest_step"]  # fmt: skip
+    if bu.empty:
+        return pd.DataFrame(columns=cols)
+    keys = ["scenario", "n_guests"]
+    per_guest = bu.groupby([*keys, "guest"], observed=True).agg(
+        start=("start", "min"), end=("end", "max"), ok=("ok", "all")
+    )
+    per_guest["ready_s"] = (per_guest["end"] - per_guest["start"]).dt.total_seconds()
+    ready = per_guest[per_guest["ok"]].groupby(level=keys)["ready_s"]
+    out = per_guest.groupby(level=keys).agg(
+        guests=("ok", "size"), start=("start", "min"), end=("end", "max")
+    )
+    out["failed"] = out["guests"] - per_guest.groupby(level=keys)["ok"].sum()
+    out["ready_p50"] = ready.median()
+    out["ready_p95"] = ready.quantile(0.95)
+    out["ready_max"] = ready.max()
+    out["all_ready_s"] = (out["end"] - out["start"]).dt.total_seconds()
+    step = bu.groupby([*keys, "op"], observed=True)["duration_s"].median().reset_index()
+    slowest = step.loc[step.groupby(keys)["duration_s"].idxmax()].set_index(keys)
+    out["slowest_step"] = (
+        slowest["op"] + " (median " + slowest["duration_s"].map(lambda s: f"{s:.3f} s") + ")"
+    )
+    return out.reset_index()[cols]
+
+
+@dataclass(frozen=True)
+class GuestFailures:
+    guest: str
+    count: int
+    first: pd.Timestamp
+    example: str
+
+
+@dataclass(frozen=True)
+class FailureGroup:
+    """All failed rows of one ``error_class``."""
+
+    error_class: str
+    count: int
+    guests: int
+    where: str
+    examples: list[str]
+    per_guest: list[GuestFailures]
+    more_guests: int
+
+
+def failures(
+    timings: pd.DataFrame, max_guests: int = 20, max_examples: int = 3
+) -> list[FailureGroup]:
+    """Failed rows grouped by error class, most frequent first (lost-guest markers excluded)."""
+    bad = timings[~timings["ok"] & ~timings["phase"].isin(["lost", "fault"])]
+    if bad.empty:
+        return []
+    bad = bad.assign(
+        error_class=bad["error_class"].fillna("unclassified").astype(str),
+        error=bad["error"].fillna("").astype(str),
+    )
+    groups: list[FailureGroup] = []
+    for cls, g in bad.groupby("error_class", sort=False):
+        where = g.groupby(["phase", "op"], observed=True).size().sort_values(ascending=False)
+        where_text = ", ".join(f"{p}/{o} ×{c}" for (p, o), c in where.items())
+        examples = [e for e in g["error"].drop_duplicates().head(max_examples) if e]
+        per = (
+            g.groupby("guest", observed=True)
+            .agg(count=("ok", "size"), first=("start", "min"), example=("error", "first"))
+            .sort_values("count", ascending=False)
+        )
+        guests = [
+            GuestFailures(str(guest), int(r["count"]), r["first"], str(r["example"]))
+            for guest, r in per.head(max_guests).iterrows()
+        ]
+        groups.append(
+            FailureGroup(str(cls), len(g), len(per), where_text, examples, guests,
+                         max(0, len(per) - max_guests))
+        )  # fmt: skip
+    groups.sort(key=lambda f: -f.count)
+    return groups
+
+
+def lost_guests(timings: pd.DataFrame) -> pd.DataFrame:
+    """Guests the run lost, when, and in which scenario."""
+    lost = timings[timings["phase"] == "lost"]
+    return lost[["guest", "scenario", "n_guests", "start", "error_class", "error"]].sort_values(
+        "start"
+    )
+
+
+def fault_rows(timings: pd.DataFrame) -> pd.DataFrame:
+    """Injected faults (their windows are drawn as bands behind the time plots)."""
+    return timings[timings["phase"] == "fault"].sort_values("start")
+
+
+def success_rate(timings: pd.DataFrame) -> float | None:
+    """Share of successful workload operations; None when the run had none."""
+    wl = workload_rows(timings)
+    return float(wl["ok"].mean()) if len(wl) else None

@@ -1,0 +1,499 @@
+"""SSH to the guests: pinned host keys, phased readiness wait, connection pool and fan-out.
+
+Host keys are never learnt from the network: every guest's key was generated on the host
+(see ``identity``) and is in the run's ``known_hosts`` before the guest boots; paramiko
+connects with ``RejectPolicy``.  One ``SSHClient`` per guest, kept open for the whole run;
+fan-out goes through a bounded thread pool and returns a ``GroupResult`` in which a failed
+guest is an entry, not an exception that loses the others' results.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shlex
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paramiko
+
+from harness.backends.base import Guest, Jump
+from harness.identity import KeyPair
+
+#: Failure classes, in the words the report groups by.
+TIMEOUT, REFUSED, BANNER, AUTH, HOSTKEY, EXIT, LOST, ERROR = (
+    "timeout", "refused", "banner", "auth", "hostkey", "exit", "lost", "error",
+)
+
+
+class GuestError(Exception):
+    """One guest failed; ``error_class`` says how (timeout, refused, banner, auth...)."""
+
+    def __init__(self, guest: str, error_class: str, message: str) -> None:
+        super().__init__(f"{guest}: {error_class}: {message}")
+        self.guest = guest
+        self.error_class = error_class
+        self.message = message
+
+
+def classify(exc: BaseException) -> str:
+    """Map an exception met while connecting or running to a failure class."""
+    if isinstance(exc, GuestError):
+        return exc.error_class
+    if isinstance(exc, paramiko.BadHostKeyException):
+        return HOSTKEY
+    if isinstance(exc, paramiko.AuthenticationException):
+        return AUTH
+    if isinstance(exc, ConnectionRefusedError):
+        return REFUSED
+    if isinstance(exc, socket.timeout | TimeoutError):
+        return TIMEOUT
+    if isinstance(exc, paramiko.SSHException):
+        text = str(exc)
+        if "known_hosts" in text or "host key" in text.lower():
+            return HOSTKEY
+        if "banner" in text.lower():
+            return BANNER
+        if "timeout" in text.lower():
+            return TIMEOUT
+        return ERROR
+    if isinstance(exc, EOFError | ConnectionResetError | BrokenPipeError):
+        return LOST
+    if isinstance(exc, OSError):
+        return REFUSED if exc.errno in (111, 113) else ERROR
+    return ERROR
+
+
+# -- keys and exported files ---------------------------------------------------------------
+
+
+def write_client_key(run_dir: Path, key: KeyPair) -> Path:
+    """The run's client key, mode 0600 from the moment it exists (never in a report)."""
+    path = run_dir / "id_ed25519"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key.private_openssh)
+    (run_dir / "id_ed25519.pub").write_text(key.public_openssh + "\n")
+    return path
+
+
+def known_hosts_lines(guests: Iterable[Guest]) -> list[str]:
+    lines = []
+    for g in guests:
+        kt, blob = g.spec.host_key.public_openssh.split()[:2]
+        if g.port == 22:
+            names = [g.name, g.host]
+        else:  # how paramiko and OpenSSH name a host on another port
+            names = [f"[{g.host}]:{g.port}", g.name, f"[{g.name}]:{g.port}"]
+        lines.append(f"{','.join(names)} {kt} {blob}")
+    return lines
+
+
+def write_exports(run_dir: Path, guests: Sequence[Guest], key_path: Path) -> tuple[Path, Path]:
+    """``known_hosts`` and ``ssh_config`` so a person can ``ssh -F <run>/ssh_config g000``."""
+    known = run_dir / "known_hosts"
+    lines = known_hosts_lines(guests)
+    jumps = {g.jump for g in guests if g.jump is not None}
+    lines += [j.known_hosts_line for j in sorted(jumps, key=lambda j: (j.host, j.port))]
+    known.write_text("\n".join(lines) + "\n")
+    cfg = [
+        "# scalelab lab: ssh -F this-file <guest> ...",
+        "Host *",
+        "    User root",
+        f"    IdentityFile {key_path.resolve()}",
+        "    IdentitiesOnly yes",
+        f"    UserKnownHostsFile {known.resolve()}",
+        "    StrictHostKeyChecking yes",
+        "    GlobalKnownHostsFile /dev/null",
+        "    LogLevel ERROR",
+        "",
+    ]
+    for j in sorted(jumps, key=lambda j: (j.host, j.port)):
+        cfg += [f"Host labhost-{j.host}-{j.port}", f"    HostName {j.host}", f"    Port {j.port}",
+                f"    User {j.user}", ""]
+    for g in guests:
+        cfg += [f"Host {g.name}", f"    HostName {g.host}", f"    Port {g.port}"]
+        if g.port != 22 or g.host != g.spec.address:
+            cfg.append(f"    HostKeyAlias {g.name}")
+        if g.jump is not None:
+            cfg.append(f"    ProxyJump labhost-{g.jump.host}-{g.jump.port}")
+        cfg.append("")
+    config = run_dir / "ssh_config"
+    config.write_text("\n".join(cfg))
+    return config, known
+
+
+# -- readiness ----------------------------------------------------------------------------
+
+
+class _TimedSocket:
+    """A socket wrapper that notes when the server's first bytes (the banner) arrive."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.first_byte_ns: int | None = None
+
+    def recv(self, n: int) -> bytes:
+        data = self._sock.recv(n)
+        if self.first_byte_ns is None and data:
+            self.first_byte_ns = time.time_ns()
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+PhaseCallback = Callable[[str, str, int, int], None]
+
+
+@dataclass
+class ReadyOptions:
+    timeout: float = 120.0
+    connect_timeout: float = 1.0
+    backoff_start: float = 0.02
+    backoff_max: float = 0.5
+    first_command: str = "cat /etc/hostname"
+
+
+class HandshakeGate:
+    """Caps concurrent SSH handshakes (sshd's MaxStartups, and our CPU) across the lab."""
+
+    def __init__(self, limit: int) -> None:
+        self._sem = threading.BoundedSemaphore(max(1, limit))
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        with self._sem:
+            yield
+
+
+def _open_socket(guest: Guest, timeout: float, jump_clients: Mapping[Jump, paramiko.SSHClient]
+                 ) -> Any:
+    if guest.jump is not None:
+        transport = jump_clients[guest.jump].get_transport()
+        assert transport is not None
+        chan = transport.open_channel(
+            "direct-tcpip", (guest.host, guest.port), ("127.0.0.1", 0), timeout=timeout
+        )
+        return chan
+    return socket.create_connection((guest.host, guest.port), timeout=timeout)
+
+
+def connect_ready(
+    guest: Guest,
+    key: paramiko.PKey,
+    host_keys: paramiko.HostKeys,
+    gate: HandshakeGate,
+    on_phase: PhaseCallback,
+    opts: ReadyOptions,
+    jump_clients: Mapping[Jump, paramiko.SSHClient] | None = None,
+) -> paramiko.SSHClient:
+    """Wait for ``guest`` to answer SSH with its pinned key; record each phase.
+
+    Phases: ``tcp`` (until the port accepts), ``banner`` (until the server's identification
+    arrives), ``auth`` (key exchange, host key check and public-key authentication) and
+    ``first_command``.  Refused and timed-out connects are retried with backoff until
+    ``opts.timeout``; a host key mismatch or an authentication failure is final.
+    """
+    deadline = time.monotonic() + opts.timeout
+    delay = opts.backoff_start
+    t0 = time.time_ns()
+    last: BaseException | None = None
+    while True:
+        if time.monotonic() > deadline:
+            cls = classify(last) if last else TIMEOUT
+            raise GuestError(guest.name, cls if cls != ERROR else TIMEOUT,
+                             f"not ready after {opts.timeout:.0f}s (last: {last})")
+        try:
+            sock = _open_socket(guest, opts.connect_timeout, jump_clients or {})
+        except (OSError, paramiko.SSHException) as exc:
+            last = exc
+            time.sleep(delay)
+            delay = min(delay * 1.5, opts.backoff_max)
+            continue
+        t_tcp = time.time_ns()
+        timed = _TimedSocket(sock) if isinstance(sock, socket.socket) else sock
+        client = paramiko.SSHClient()
+        client._host_keys = host_keys  # shared, read-only: every key pinned before boot
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        try:
+            with gate.slot():
+                client.connect(
+                    guest.host if guest.port == 22 and guest.jump is None else guest.name,
+                    port=guest.port,
+                    username="root",
+                    pkey=key,
+                    sock=timed,
+                    look_for_keys=False,
+                    allow_agent=False,
+                    timeout=opts.connect_timeout,
+                    banner_timeout=max(5.0, min(30.0, deadline - time.monotonic())),
+                    auth_timeout=30.0,
+                )
+        except Exception as exc:
+            client.close()
+            cls = classify(exc)
+            if cls in (HOSTKEY, AUTH) or time.monotonic() > deadline:
+                raise GuestError(guest.name, cls, str(exc) or type(exc).__name__) from exc
+            last = exc
+            time.sleep(delay)
+            delay = min(delay * 1.5, opts.backoff_max)
+            continue
+        t_auth = time.time_ns()
+        t_banner = getattr(timed, "first_byte_ns", None) or t_tcp
+        on_phase(guest.name, "tcp", t0, t_tcp)
+        on_phase(guest.name, "banner", t_tcp, t_banner)
+        on_phase(guest.name, "auth", t_banner, t_auth)
+        try:
+            res = run_on(client, opts.first_command, timeout=30.0)
+        except Exception as exc:
+            client.close()
+            raise GuestError(guest.name, classify(exc), f"first command failed: {exc}") from exc
+        on_phase(guest.name, "first_command", t_auth, time.time_ns())
+        if res.exit_status != 0:
+            client.close()
+            raise GuestError(guest.name, EXIT, f"first command exited {res.exit_status}")
+        if opts.first_command == "cat /etc/hostname" and res.stdout.strip() != guest.name:
+            client.close()
+            raise GuestError(
+                guest.name, "identity", f"guest says its hostname is {res.stdout.strip()!r}"
+            )
+        return client
+
+
+# -- commands -----------------------------------------------------------------------------
+
+
+@dataclass
+class CommandResult:
+    guest: str
+    command: str
+    exit_status: int
+    stdout: str
+    stderr: str
+    start_ns: int
+    end_ns: int
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0
+
+    @property
+    def duration_s(self) -> float:
+        return (self.end_ns - self.start_ns) / 1e9
+
+
+#: Output beyond this many bytes per stream is dropped (and said so): an agent that prints
+#: gigabytes must not take the harness's memory with it.
+MAX_OUTPUT = 16 << 20
+
+
+def _read_capped(stream: Any, cap: int = MAX_OUTPUT) -> str:
+    chunks, size, dropped = [], 0, 0
+    while True:
+        data = stream.read(65536)
+        if not data:
+            break
+        if size < cap:
+            keep = data[: cap - size]
+            chunks.append(keep)
+            size += len(keep)
+            dropped += len(data) - len(keep)
+        else:
+            dropped += len(data)
+    text = b"".join(chunks).decode(errors="replace")
+    if dropped:
+        text += f"\n[scalelab: {dropped} more bytes of output dropped]\n"
+    return text
+
+
+def run_on(
+    client: paramiko.SSHClient,
+    command: str,
+    *,
+    timeout: float | None = None,
+    stdin: bytes | None = None,
+    guest: str = "",
+) -> CommandResult:
+    """Run one command over an open connection (one channel, no pty)."""
+    transport = client.get_transport()
+    if transport is None or not transport.is_active():
+        raise GuestError(guest, LOST, "connection is closed")
+    start = time.time_ns()
+    mono = time.perf_counter_ns()
+    chan = transport.open_session(timeout=timeout)
+    try:
+        if timeout is not None:
+            chan.settimeout(timeout)
+        chan.exec_command(command)
+        if stdin is not None:
+            chan.sendall(stdin)
+        chan.shutdown_write()
+        err_box: list[str] = []
+        stderr_thread = None
+        stderr_file = chan.makefile_stderr("rb")
+        # Read stderr beside stdout so a chatty stderr cannot stall the channel window.
+        stderr_thread = threading.Thread(
+            target=lambda: err_box.append(_read_capped(stderr_file)), daemon=True
+        )
+        stderr_thread.start()
+        out = _read_capped(chan.makefile("rb"))
+        status = chan.recv_exit_status()
+        stderr_thread.join(timeout)
+    except TimeoutError as exc:
+        raise GuestError(guest, TIMEOUT, f"{command!r} did not finish in {timeout}s") from exc
+    finally:
+        chan.close()
+    end = start + (time.perf_counter_ns() - mono)
+    return CommandResult(guest, command, status, out, err_box[0] if err_box else "", start, end)
+
+
+@dataclass
+class GroupResult:
+    """guest name → CommandResult (or any value) for the guests that answered, errors apart."""
+
+    results: dict[str, Any] = field(default_factory=dict)
+    errors: dict[str, GuestError] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.results) + len(self.errors)
+
+    def __getitem__(self, guest: str) -> Any:
+        if guest in self.errors:
+            raise self.errors[guest]
+        return self.results[guest]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and all(
+            getattr(r, "ok", True) for r in self.results.values()
+        )
+
+    @property
+    def succeeded(self) -> dict[str, Any]:
+        return {g: r for g, r in self.results.items() if getattr(r, "ok", True)}
+
+    @property
+    def failed(self) -> dict[str, str]:
+        """guest → failure class, for errors and non-zero exits alike."""
+        out = {g: e.error_class for g, e in self.errors.items()}
+        out.update({g: EXIT for g, r in self.results.items() if not getattr(r, "ok", True)})
+        return out
+
+    def success_rate(self) -> float:
+        return len(self.succeeded) / len(self) if len(self) else 0.0
+
+
+class Fleet:
+    """Open connections to a set of guests and a bounded pool to fan work out over them."""
+
+    def __init__(
+        self,
+        clients: Mapping[str, paramiko.SSHClient],
+        guests: Mapping[str, Guest],
+        max_workers: int = 64,
+    ) -> None:
+        self.clients = dict(clients)
+        self.guests = dict(guests)
+        self.max_workers = max(1, max_workers)
+        self.lost: dict[str, int] = {}
+        self._pool = ThreadPoolExecutor(
+            max_workers=min(self.max_workers, max(1, len(self.clients))),
+            thread_name_prefix="fleet",
+        )
+
+    @property
+    def names(self) -> list[str]:
+        return [n for n in self.clients if n not in self.lost]
+
+    def subset(self, names: Iterable[str]) -> Fleet:
+        """A fleet over some of the guests, sharing these connections."""
+        keep = [n for n in names if n in self.clients]
+        sub = Fleet({n: self.clients[n] for n in keep}, {n: self.guests[n] for n in keep},
+                    self.max_workers)
+        sub.lost = {n: t for n, t in self.lost.items() if n in keep}
+        return sub
+
+    def map(
+        self,
+        func: Callable[[str, paramiko.SSHClient], Any],
+        names: Iterable[str] | None = None,
+    ) -> GroupResult:
+        """Call ``func(name, client)`` for each guest in parallel; collect results and errors."""
+        group = GroupResult()
+        targets = list(self.names if names is None else names)
+        for n in targets:
+            if n in self.lost:
+                group.errors[n] = GuestError(n, LOST, "guest was lost earlier in the run")
+        futures = {
+            n: self._pool.submit(func, n, self.clients[n]) for n in targets if n not in self.lost
+        }
+        for n, fut in futures.items():
+            try:
+                group.results[n] = fut.result()
+            except Exception as exc:
+                err = exc if isinstance(exc, GuestError) else GuestError(n, classify(exc), str(exc))
+                group.errors[n] = err
+                if err.error_class == LOST:
+                    self.lost.setdefault(n, time.time_ns())
+        return group
+
+    def run(self, command: str, *, timeout: float | None = 60.0,
+            names: Iterable[str] | None = None) -> GroupResult:
+        """Run ``command`` on every guest; each result is a CommandResult."""
+        return self.map(lambda n, c: run_on(c, command, timeout=timeout, guest=n), names)
+
+    def put(self, local: Path, remote: str, *, mode: int | None = None,
+            names: Iterable[str] | None = None) -> GroupResult:
+        """Upload a file or a directory tree to every guest over SFTP."""
+
+        def upload(name: str, client: paramiko.SSHClient) -> str:
+            with client.open_sftp() as sftp:
+                _sftp_put(sftp, local, remote, mode)
+            return remote
+
+        return self.map(upload, names)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for c in self.clients.values():
+            with contextlib.suppress(Exception):
+                c.close()
+
+
+def _sftp_put(sftp: paramiko.SFTPClient, local: Path, remote: str, mode: int | None) -> None:
+    if local.is_dir():
+        with contextlib.suppress(OSError):
+            sftp.mkdir(remote)
+        for child in sorted(local.iterdir()):
+            _sftp_put(sftp, child, f"{remote}/{child.name}", None)
+        return
+    sftp.put(str(local), remote)
+    st_mode = mode if mode is not None else (local.stat().st_mode & 0o777)
+    sftp.chmod(remote, st_mode)
+
+
+def load_private_key(text: str) -> paramiko.PKey:
+    return paramiko.Ed25519Key.from_private_key(io.StringIO(text))
+
+
+def host_keys_for(guests: Iterable[Guest]) -> paramiko.HostKeys:
+    hk = paramiko.HostKeys()
+    for line in known_hosts_lines(guests):
+        entry = paramiko.hostkeys.HostKeyEntry.from_line(line)
+        assert entry is not None
+        for name in entry.hostnames:
+            hk.add(name, entry.key.get_name(), entry.key)
+    return hk
+
+
+def quote_args(argv: Sequence[str]) -> str:
+    """A command line for the guest's shell from an argument list (everything quoted)."""
+    return shlex.join(argv)
