@@ -11,6 +11,7 @@ metrics), writes it as the store does (JSON-lines streams plus Parquet), then re
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -24,8 +25,8 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
-from harness.report import render_report  # noqa: E402
-from harness.store import (  # noqa: E402
+from harness.report import render_report
+from harness.store import (
     METRICS_PARQUET,
     METRICS_SCHEMA,
     METRICS_STREAM,
@@ -134,10 +135,9 @@ def synthesize(run_dir: Path, rows: int, seed: int = 0) -> int:
     _write(run_dir, timings, TIMINGS_SCHEMA, TIMINGS_STREAM, TIMINGS_PARQUET)
     _write(run_dir, pd.concat(metrics, ignore_index=True), METRICS_SCHEMA, METRICS_STREAM,
            METRICS_PARQUET)  # fmt: skip
-    (run_dir / "run.json").write_text(
-        '{"run_id": "%s", "report_tz": "America/El_Salvador", "guests": %s,'
-        ' "backend": {"name": "netns", "options": {}}}' % (RUN_ID, list(NS))
-    )
+    info = {"run_id": RUN_ID, "report_tz": "America/El_Salvador", "guests": list(NS),
+            "backend": {"name": "netns", "options": {}}}  # fmt: skip
+    (run_dir / "run.json").write_text(json.dumps(info, indent=2))
     return len(timings)
 
 

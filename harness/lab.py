@@ -136,7 +136,8 @@ class Lab:
             kept=False,
         )
         client_key = KeyPair.generate(f"scalelab-{self.run_id}")
-        key_path = write_client_key(self.run_dir, client_key)
+        # The private key lives with the run's state (mode 0600), never in the report.
+        key_path = write_client_key(self.state.dir, client_key)
         specs: list[GuestSpec] = make_specs(
             self.run_id, n, subnet, oui=self.backend.mac_oui, prefix=self.name_prefix,
             memory=cfg.guest_memory, cpus=cfg.guest_cpus,

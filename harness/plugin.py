@@ -22,6 +22,7 @@ from harness.lab import Lab
 from harness.session import Session
 from harness.ssh import Fleet
 from harness.store import Recorder
+from harness.workloads import Agents
 
 _CONFIG_KEY = pytest.StashKey[LabConfig]()
 _SESSION_KEY = pytest.StashKey["Session"]()
@@ -134,10 +135,9 @@ class _Progress:
             if done:
                 self._write("", rewrite=False)
             return
-        # Plain output: a line at each quarter, so logs stay short for 1024 guests.
-        milestone = (4 * (ready + failed)) // max(total, 1)
-        if done or (milestone != self._last_milestone and started == total):
-            self._last_milestone = milestone
+        # Plain output: one line when every guest is started, one when all are settled.
+        if done or (started == total and self._last_milestone < 0):
+            self._last_milestone = ready + failed
             self._write(line, rewrite=False)
 
 
@@ -248,3 +248,16 @@ def lab_factory(
     finally:
         for lab in made:
             lab.stop()
+
+
+@pytest.fixture
+def agents(fleet: Fleet, recorder: Recorder, scalelab_session: Session) -> Agents:
+    """Deploy and run agents on this test's guests; output lands in the timing store."""
+    return Agents(fleet, recorder, log_dir=scalelab_session.run_dir / "guests")
+
+
+@pytest.fixture
+def quorum(request: pytest.FixtureRequest) -> float:
+    """The share of guests that must succeed: ``@pytest.mark.quorum(0.95)``, else 1.0."""
+    marker = request.node.get_closest_marker("quorum")
+    return float(marker.args[0]) if marker and marker.args else 1.0

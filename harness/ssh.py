@@ -74,13 +74,13 @@ def classify(exc: BaseException) -> str:
 # -- keys and exported files ---------------------------------------------------------------
 
 
-def write_client_key(run_dir: Path, key: KeyPair) -> Path:
+def write_client_key(state_dir: Path, key: KeyPair) -> Path:
     """The run's client key, mode 0600 from the moment it exists (never in a report)."""
-    path = run_dir / "id_ed25519"
+    path = state_dir / "id_ed25519"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(key.private_openssh)
-    (run_dir / "id_ed25519.pub").write_text(key.public_openssh + "\n")
+    (state_dir / "id_ed25519.pub").write_text(key.public_openssh + "\n")
     return path
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from harness.backends.base import Backend, FaultNotSupported, Guest, RunContext, now_ns
 from harness.errors import LabError, UserError
+from harness.guestfiles import write_guest_files
 from harness.identity import GuestSpec, run_tag
 from harness.image.cache import Image
 from harness.state import proc_start_time, teardown
@@ -213,30 +214,6 @@ class NetnsBackend(Backend):
         if lines:
             self._run(["ip", "-batch", "-"], "\n".join(lines) + "\n")
 
-    def _write_identity(self, spec: GuestSpec, upper: Path) -> None:
-        """The guest's own files, written into its writable layer before it starts."""
-        assert self.ctx is not None
-        etc = upper / "etc"
-        (etc / "ssh").mkdir(parents=True)
-        (etc / "scalelab").mkdir()
-        (etc / "hostname").write_text(spec.name + "\n")
-        (etc / "hosts").write_text(
-            f"127.0.0.1 localhost\n{spec.address} {spec.name}\n{spec.gateway} labhost\n"
-        )
-        (etc / "machine-id").write_text(spec.machine_id + "\n")
-        key = etc / "ssh/ssh_host_ed25519_key"
-        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(spec.host_key.private_openssh)
-        (etc / "ssh/ssh_host_ed25519_key.pub").write_text(spec.host_key.public_openssh + "\n")
-        ssh = upper / "root/.ssh"
-        ssh.mkdir(parents=True, mode=0o700)
-        auth = ssh / "authorized_keys"
-        fd = os.open(auth, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(self.ctx.client_public_key + "\n")
-        (upper / "run/sshd").mkdir(parents=True)
-
     def _init_script(self, spec: GuestSpec, upper: Path, work: Path, root: Path) -> str:
         """PID 1 of the guest, run by the host's /bin/sh until it pivots into the overlay."""
         assert self.image is not None and self.ctx is not None
@@ -304,7 +281,7 @@ class NetnsBackend(Backend):
             upper, work, root = gdir / "upper", gdir / "work", gdir / "root"
             for d in (upper, work, root):
                 d.mkdir(parents=True)
-            self._write_identity(spec, upper)
+            write_guest_files(spec, ctx.client_public_key, upper)
             self._record("cgroup", paths=[str(p) for p in self.cgroups.paths(spec.name)])
             self.cgroups.create(spec.name, spec.memory, spec.cpus)
             t_created_end = now_ns()

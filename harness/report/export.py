@@ -39,6 +39,8 @@ def save_figure(fig: Figure, out_dir: Path, name: str, title: str, caption: str 
     fig.savefig(buf, format="png", dpi=PNG_DPI)
     png = buf.getvalue()
     (plots / f"{name}.png").write_bytes(png)
+    # The PNG pass placed everything; keep that layout instead of solving it again for the SVG.
+    fig.set_layout_engine("none")
     # No date in the metadata: re-rendering the same run gives the same SVG bytes.
     fig.savefig(plots / f"{name}.svg", format="svg", metadata={"Date": None})
     return PlotFile(

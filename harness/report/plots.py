@@ -346,7 +346,7 @@ def metrics_figure(
             # Many guests: bin time and draw the spread, not hundreds of lines.
             edges = np.linspace(lo, hi, METRIC_BINS + 1)
             b = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, METRIC_BINS - 1)
-            q = pd.Series(v).groupby(b).quantile([0.05, 0.5, 0.95]).unstack()
+            q = pd.Series(v).groupby(b).quantile(np.array([0.05, 0.5, 0.95])).unstack()
             q = q.reindex(range(METRIC_BINS))  # empty bins become gaps, not straight lines
             mid = (edges[:-1] + edges[1:]) / 2
             ax.fill_between(mid, q[0.05], q[0.95], alpha=0.25, color="#1f77b4", label="p5–p95")

@@ -8,7 +8,7 @@ import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 import pandas as pd
@@ -196,7 +196,7 @@ def _scenario_sections(
     wl = workload_rows(data.timings)
     knee_of = {k.title: k for k in knee_list}
     sections = []
-    for (base, op), g in stats.groupby(["base", "op"], sort=True):
+    for (base, op), g in stats.groupby(["base", "op"], sort=True, observed=True):
         title = str(g["title"].iloc[0])
         name = slug(title)
         rows = wl[(wl["base"] == base) & (wl["op"] == op)]
@@ -230,7 +230,10 @@ def _bringup_plots(
     lost: pd.DataFrame,
 ) -> tuple[list[PlotFile], int]:
     bu = timings[timings["phase"] == "bringup"]
-    groups = sorted(bu.groupby(["scenario", "n_guests"], sort=False), key=lambda kv: kv[0][1])
+    groups = sorted(
+        bu.groupby(["scenario", "n_guests"], sort=False, observed=True),
+        key=lambda kv: cast(int, kv[0][1]),
+    )
     skipped = max(0, len(groups) - MAX_GANTTS)
     out = []
     for (scenario, n), g in groups[skipped:]:

@@ -114,10 +114,16 @@ def tidy_timings(df: pd.DataFrame) -> pd.DataFrame:
     df["ok"] = df["ok"].astype("boolean").fillna(df["error_class"].isna()).astype(bool)
     df["n_guests"] = pd.to_numeric(df["n_guests"], errors="coerce").fillna(0).astype("int64")
     for col in ("scenario", "guest", "phase", "op"):
-        df[col] = df[col].fillna("").astype(str)
-    names = pd.Series(df["scenario"].unique())
-    # Map the few distinct names, not the million rows.
-    df["base"] = df["scenario"].map(dict(zip(names, names.map(base_scenario), strict=True)))
+        df[col] = df[col].fillna("").astype(str).astype("category")
+    for col in ("run_id", "lab_host", "error_class", "error"):
+        df[col] = df[col].astype("category")
+    # Categories make every later filter and group-by move integer codes, not strings; a
+    # million rows have only a few thousand distinct names.
+    df["base"] = (
+        df["scenario"]
+        .map({name: base_scenario(str(name)) for name in df["scenario"].cat.categories})
+        .astype("category")
+    )
     return df
 
 

@@ -45,10 +45,14 @@ def series_stats(timings: pd.DataFrame) -> pd.DataFrame:
     spans = wl.groupby([*keys, "scenario"], observed=True).agg(
         start=("start", "min"), end=("end", "max")
     )
-    span_s = ((spans["end"] - spans["start"]).dt.total_seconds()).groupby(level=keys).sum()
+    span_s = (
+        ((spans["end"] - spans["start"]).dt.total_seconds())
+        .groupby(level=keys, observed=True)
+        .sum()
+    )
     good = wl.loc[wl["ok"], [*keys, "duration_s"]]
     grouped = good.groupby(keys, observed=True)["duration_s"]
-    quant = grouped.quantile(list(PERCENTILES)).unstack()
+    quant = grouped.quantile(np.array(PERCENTILES)).unstack()
     quant.columns = [f"p{round(q * 100)}" for q in PERCENTILES]
     stats = counts.join(quant).join(grouped.max().rename("max")).join(grouped.mean().rename("mean"))
     stats["span_s"] = span_s
@@ -56,7 +60,7 @@ def series_stats(timings: pd.DataFrame) -> pd.DataFrame:
     stats["failed"] = stats["count"] - stats["ok"]
     stats["success_rate"] = stats["ok"] / stats["count"]
     stats["throughput"] = np.where(stats["span_s"] > 0, stats["ok"] / stats["span_s"], np.nan)
-    ops_per_base = stats.groupby("base")["op"].transform("nunique")
+    ops_per_base = stats.groupby("base", observed=True)["op"].transform("nunique")
     stats["title"] = [
         series_title(b, o, int(k))
         for b, o, k in zip(stats["base"], stats["op"], ops_per_base, strict=True)
@@ -95,7 +99,7 @@ def find_knee(
 def knees(stats: pd.DataFrame, growth: float = KNEE_GROWTH) -> list[Knee]:
     """The knee of every workload series, with a sentence saying what it means."""
     out: list[Knee] = []
-    for title, g in stats.groupby("title", sort=False):
+    for title, g in stats.groupby("title", sort=False, observed=True):
         g = g.sort_values("n_guests")
         ns = [int(n) for n in g["n_guests"]]
         thr = [float(t) for t in g["throughput"]]
@@ -125,20 +129,25 @@ def bringup_stats(timings: pd.DataFrame) -> pd.DataFrame:
         start=("start", "min"), end=("end", "max"), ok=("ok", "all")
     )
     per_guest["ready_s"] = (per_guest["end"] - per_guest["start"]).dt.total_seconds()
-    ready = per_guest[per_guest["ok"]].groupby(level=keys)["ready_s"]
-    out = per_guest.groupby(level=keys).agg(
+    ready = per_guest[per_guest["ok"]].groupby(level=keys, observed=True)["ready_s"]
+    out = per_guest.groupby(level=keys, observed=True).agg(
         guests=("ok", "size"), start=("start", "min"), end=("end", "max")
     )
-    out["failed"] = out["guests"] - per_guest.groupby(level=keys)["ok"].sum()
+    out["failed"] = out["guests"] - per_guest.groupby(level=keys, observed=True)["ok"].sum()
     out["ready_p50"] = ready.median()
     out["ready_p95"] = ready.quantile(0.95)
     out["ready_max"] = ready.max()
     out["all_ready_s"] = (out["end"] - out["start"]).dt.total_seconds()
     step = bu.groupby([*keys, "op"], observed=True)["duration_s"].median().reset_index()
-    slowest = step.loc[step.groupby(keys)["duration_s"].idxmax()].set_index(keys)
-    out["slowest_step"] = (
-        slowest["op"] + " (median " + slowest["duration_s"].map(lambda s: f"{s:.3f} s") + ")"
+    slowest = step.loc[step.groupby(keys, observed=True)["duration_s"].idxmax()].set_index(keys)
+    slowest_text = pd.Series(
+        [
+            f"{op} (median {d:.3f} s)"
+            for op, d in zip(slowest["op"], slowest["duration_s"], strict=True)
+        ],
+        index=slowest.index,
     )
+    out["slowest_step"] = slowest_text
     return out.reset_index()[cols]
 
 
@@ -171,13 +180,17 @@ def failures(
     if bad.empty:
         return []
     bad = bad.assign(
-        error_class=bad["error_class"].fillna("unclassified").astype(str),
-        error=bad["error"].fillna("").astype(str),
+        error_class=bad["error_class"].astype(object).fillna("unclassified").astype(str),
+        error=bad["error"].astype(object).fillna("").astype(str),
+        guest=bad["guest"].astype(str),
     )
     groups: list[FailureGroup] = []
-    for cls, g in bad.groupby("error_class", sort=False):
+    for cls, g in bad.groupby("error_class", sort=False, observed=True):
         where = g.groupby(["phase", "op"], observed=True).size().sort_values(ascending=False)
-        where_text = ", ".join(f"{p}/{o} ×{c}" for (p, o), c in where.items())
+        where_text = ", ".join(
+            f"{phase}/{op} ×{c}"
+            for (phase, op), c in zip(where.index.tolist(), where.tolist(), strict=True)
+        )
         examples = [e for e in g["error"].drop_duplicates().head(max_examples) if e]
         per = (
             g.groupby("guest", observed=True)

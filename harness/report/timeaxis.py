@@ -29,7 +29,8 @@ LOST_COLOUR = "#d62728"
 
 def _epoch_num() -> float:
     # Matplotlib's date epoch is configurable; shift by wherever the Unix epoch lands on it.
-    return float(mdates.date2num(dt.datetime(1970, 1, 1, tzinfo=dt.UTC)))
+    unix = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    return float(mdates.date2num(unix))  # type: ignore[no-untyped-call]
 
 
 def date_nums(ts: pd.Series) -> np.ndarray:
@@ -43,10 +44,11 @@ def date_num(t: pd.Timestamp) -> float:
 
 def setup_time_axis(ax: Axes, zone: dt.tzinfo, start: pd.Timestamp, end: pd.Timestamp) -> None:
     """Ticks and label in ``zone``; the label names the zone and its UTC offset(s)."""
-    locator = mdates.AutoDateLocator(tz=zone, minticks=4, maxticks=9)
+    # matplotlib.dates has no annotations: the ignores below are about that, nothing else.
+    locator = mdates.AutoDateLocator(tz=zone, minticks=4, maxticks=9)  # type: ignore[no-untyped-call]
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(
-        mdates.ConciseDateFormatter(
+        mdates.ConciseDateFormatter(  # type: ignore[no-untyped-call]
             locator,
             tz=zone,
             # Runs last seconds to minutes: label ticks with the full clock time, not "00.5".
@@ -70,7 +72,7 @@ def fault_bands(ax: Axes, faults: pd.DataFrame) -> list[Patch]:
     if faults.empty:
         return handles
     right = ax.get_xlim()[1]
-    for op, g in faults.groupby("op", sort=True):
+    for op, g in faults.groupby("op", sort=True, observed=True):
         x0 = date_nums(g["start"])
         x1 = np.where(g["end"].isna(), right, date_nums(g["end"]))
         # x in data coordinates, y in axes coordinates (0..1): a band spans the whole height.

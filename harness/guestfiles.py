@@ -1,0 +1,53 @@
+"""The files that make a guest itself, written on the host before the guest starts.
+
+Every backend puts the same tree in the guest's writable layer: the netns backend writes it
+straight into the overlay's upper directory; VM backends pack it into the guest's small
+writable disk (``mkfs.ext4 -d``), which the initramfs uses as the overlay's upper layer.
+So a guest's host key is pinned before it boots, whatever runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from harness.identity import GuestSpec
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def write_guest_files(spec: GuestSpec, client_public_key: str, upper: Path) -> None:
+    """Write hostname, hosts, machine-id, host key, authorized key and identity under ``upper``
+    (a directory standing for the guest's ``/``)."""
+    etc = upper / "etc"
+    (etc / "ssh").mkdir(parents=True, exist_ok=True)
+    (etc / "scalelab").mkdir(exist_ok=True)
+    (etc / "hostname").write_text(spec.name + "\n")
+    (etc / "hosts").write_text(
+        f"127.0.0.1 localhost\n{spec.address} {spec.name}\n{spec.gateway} labhost\n"
+    )
+    (etc / "machine-id").write_text(spec.machine_id + "\n")
+    _write_private(etc / "ssh/ssh_host_ed25519_key", spec.host_key.private_openssh)
+    (etc / "ssh/ssh_host_ed25519_key.pub").write_text(spec.host_key.public_openssh + "\n")
+    (etc / "scalelab/guest.json").write_text(
+        json.dumps(
+            {
+                "run_id": spec.run_id,
+                "index": spec.index,
+                "name": spec.name,
+                "ip": str(spec.ip),
+                "gateway": str(spec.gateway),
+                "mac": spec.mac,
+            }
+        )
+        + "\n"
+    )
+    ssh = upper / "root/.ssh"
+    ssh.mkdir(parents=True, mode=0o700, exist_ok=True)
+    _write_private(ssh / "authorized_keys", client_public_key + "\n")
+    (upper / "run/sshd").mkdir(parents=True, exist_ok=True)

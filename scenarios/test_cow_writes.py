@@ -1,0 +1,25 @@
+"""Copy-on-write writes: fsync'ed writes into each guest's private layer, and its size."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.lab import Lab
+from harness.quorum import check_quorum
+from harness.store import Recorder
+from harness.workloads import Agents
+
+
+@pytest.mark.quorum(0.95)
+def test_cow_writes(agents: Agents, lab: Lab, recorder: Recorder, quorum: float) -> None:
+    agents.deploy_builtin("cowwrite")
+    group = agents.python("cowwrite", 16, 65536)
+    check_quorum(group, quorum)
+    # How much each guest's own layer holds now: what N guests cost on the host.
+    footprint = getattr(lab.backend, "footprint", None)
+    if footprint is not None:
+        names = set(agents.fleet.names)
+        for name, values in footprint([g for g in lab.guests if g.name in names]).items():
+            if "upper_bytes" in values:
+                recorder.metric("upper_bytes_after_writes", values["upper_bytes"][0],
+                                unit="B", guest=name)

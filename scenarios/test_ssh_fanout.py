@@ -1,0 +1,26 @@
+"""SSH fan-out: the latency of one command on every guest at once, as N grows."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.quorum import check_quorum
+from harness.ssh import Fleet
+from harness.store import Recorder
+from harness.workloads import roundtrip
+
+
+@pytest.mark.quorum(0.95)
+def test_ssh_roundtrip(fleet: Fleet, recorder: Recorder, rounds: int, quorum: float) -> None:
+    groups = roundtrip(fleet, recorder, rounds=rounds, command="true")
+    check_quorum(groups, quorum)
+
+
+def test_ssh_hostname(fleet: Fleet, recorder: Recorder) -> None:
+    """Every guest answers with its own name: identity holds under fan-out."""
+    with recorder.measure("hostname_fanout"):
+        group = fleet.run("hostname")
+    assert group.ok, group.failed
+    assert {name: r.stdout.strip() for name, r in group.results.items()} == {
+        name: name for name in group.results
+    }

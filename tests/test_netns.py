@@ -1,0 +1,210 @@
+"""The netns backend for real: namespaces, overlayfs, sshd, pinned keys, cleanup."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import paramiko
+import pytest
+from leaks import PROJECT, snapshot
+
+from harness.backends.base import Guest
+from harness.config import build_config
+from harness.image.build import sha256_file
+from harness.image.cache import Image
+from harness.lab import Lab
+from harness.session import Session
+from harness.ssh import GuestError, HandshakeGate, ReadyOptions, connect_ready, load_private_key
+from harness.state import RunState, list_states
+
+pytestmark = pytest.mark.integration
+N = 4
+
+
+@pytest.fixture(scope="module")
+def session(image: Image, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
+    reports = tmp_path_factory.mktemp("reports")
+    cfg = build_config({"guests": str(N), "reports_dir": str(reports)}, PROJECT)
+    s = Session(cfg)
+    try:
+        yield s
+    finally:
+        s.finish(render=False)
+
+
+@pytest.fixture(scope="module")
+def lab(session: Session, image: Image) -> Iterator[Lab]:
+    digest_before = sha256_file(image.path)
+    lab = session.lab_up(N)
+    yield lab
+    lab.stop()
+    assert sha256_file(image.path) == digest_before, "a run wrote into the shared image"
+
+
+def _run(lab: Lab, name: str, cmd: str) -> str:
+    res = lab.require_fleet().run(cmd, names=[name])[name]
+    assert res.exit_status == 0, res.stderr
+    return str(res.stdout)
+
+
+def test_identity_inside_each_guest(lab: Lab) -> None:
+    for g in lab.guests:
+        out = _run(lab, g.name, "hostname; cat /sys/class/net/eth0/address; "
+                   "ip -4 -o addr show eth0; cat /etc/machine-id; "
+                   "cat /etc/ssh/ssh_host_ed25519_key.pub")
+        hostname, mac, addr, machine_id, pub = out.strip().splitlines()
+        assert hostname == g.name
+        assert mac == g.spec.mac
+        assert str(g.spec.ip) in addr
+        assert machine_id == g.spec.machine_id
+        assert pub.split()[:2] == g.spec.host_key.public_openssh.split()[:2]
+
+
+def test_root_is_overlay_and_no_outside_route(lab: Lab) -> None:
+    g = lab.guests[0]
+    mounts = _run(lab, g.name, "cat /proc/mounts")
+    root = [ln for ln in mounts.splitlines() if ln.split()[1] == "/"]
+    assert root and root[0].split()[2] == "overlay"
+    # The guest sees none of the host's mounts and has no route off the lab subnet.
+    assert "/run/scalelab" not in mounts.replace(root[0], "")
+    routes = _run(lab, g.name, "ip -4 route")
+    assert "default" not in routes
+    assert _run(lab, g.name, "cat /proc/1/comm").strip() == "sshd"
+
+
+def test_writes_stay_in_one_guest(lab: Lab, image: Image) -> None:
+    a, b = lab.guests[0], lab.guests[1]
+    _run(lab, a.name, "echo secret > /etc/only-in-a && sync")
+    assert _run(lab, a.name, "cat /etc/only-in-a").strip() == "secret"
+    res = lab.require_fleet().run("test -e /etc/only-in-a", names=[b.name])[b.name]
+    assert res.exit_status == 1
+    # The write landed in a's upper layer, not in the image.
+    assert (Path(a.info["upper"]) / "etc/only-in-a").read_text() == "secret\n"
+    check = subprocess.run(["debugfs", "-R", "stat /etc/only-in-a", str(image.path)],
+                           capture_output=True, text=True)
+    assert "File not found" in check.stderr
+
+
+def test_openssh_client_with_exported_files(lab: Lab) -> None:
+    cfg = lab.run_dir / "ssh_config"
+    for g in lab.guests[:2]:
+        out = subprocess.run(
+            ["ssh", "-F", str(cfg), "-o", "BatchMode=yes", g.name, "hostname"],
+            capture_output=True, text=True, timeout=30,
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == g.name
+    text = cfg.read_text()
+    assert "StrictHostKeyChecking yes" in text
+
+
+def test_swapped_host_key_is_refused(lab: Lab) -> None:
+    a, b = lab.guests[0], lab.guests[1]
+    # Pretend b's key is a's: a connection to a must then be refused by both clients.
+    hk = paramiko.HostKeys()
+    key = paramiko.Ed25519Key(data=paramiko.Ed25519Key.from_private_key(
+        __import__("io").StringIO(b.spec.host_key.private_openssh)).asbytes())
+    hk.add(a.host, "ssh-ed25519", key)
+    client_key = load_private_key(
+        (RunState.load(lab.state.path).dir / "id_ed25519").read_text()  # type: ignore[union-attr]
+    )
+    with pytest.raises(GuestError) as err:
+        connect_ready(a, client_key, hk, HandshakeGate(1), lambda *x: None,
+                      ReadyOptions(timeout=10))
+    assert err.value.error_class == "hostkey"
+    known = lab.run_dir / "known_hosts.swapped"
+    kt, blob = b.spec.host_key.public_openssh.split()[:2]
+    known.write_text(f"{a.name},{a.host} {kt} {blob}\n")
+    out = subprocess.run(
+        ["ssh", "-F", str(lab.run_dir / "ssh_config"), "-o", f"UserKnownHostsFile={known}",
+         "-o", "BatchMode=yes", a.name, "true"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert out.returncode == 255
+    assert "HOST IDENTIFICATION HAS CHANGED" in out.stderr or "verification failed" in out.stderr
+
+
+def test_unknown_host_is_refused(lab: Lab) -> None:
+    """No trust on first use: a guest whose key is not pinned is not connected to."""
+    a = lab.guests[0]
+    client_key = load_private_key(
+        (lab.state.dir / "id_ed25519").read_text()  # type: ignore[union-attr]
+    )
+    with pytest.raises(GuestError) as err:
+        connect_ready(a, client_key, paramiko.HostKeys(), HandshakeGate(1), lambda *x: None,
+                      ReadyOptions(timeout=10))
+    assert err.value.error_class == "hostkey"
+
+
+def test_phases_and_footprint_recorded(lab: Lab, session: Session) -> None:
+    df = session.store.scoped().timings()
+    bring = df[df["phase"] == "bringup"]
+    for g in lab.guests:
+        ops = set(bring[bring["guest"] == g.name]["op"])
+        assert {"created", "started", "tcp", "banner", "auth", "first_command"} <= ops
+    metrics = session.store.scoped().metrics()
+    upper = metrics[metrics["metric"] == "upper_bytes"]
+    assert len(upper) == N
+    assert (upper["value"] <= 64 * 1024).all(), upper["value"].tolist()
+    assert (metrics[metrics["metric"] == "memory_bytes"]["value"] > 0).all()
+
+
+def test_down_leaves_nothing(image: Image, tmp_path: Path) -> None:
+    before = snapshot()
+    cfg = build_config({"guests": "3", "reports_dir": str(tmp_path)}, PROJECT)
+    s = Session(cfg)
+    lab = s.lab_up(3)
+    during = before.diff(snapshot())
+    assert len(during["netns"]) == 3 and len(during["procs"]) >= 3
+    assert lab.stop() == []
+    assert lab.stop() == []  # idempotent
+    s.finish(render=False)
+    assert before.diff(snapshot()) == {}
+
+
+UP_AND_DIE = """
+import os, sys
+from pathlib import Path
+from harness.config import build_config
+from harness.session import Session
+cfg = build_config({"guests": sys.argv[1], "reports_dir": sys.argv[2]}, Path(sys.argv[3]))
+s = Session(cfg)
+s.lab_up(int(sys.argv[1]))
+print("UP", s.run_id, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_sigkill_then_clean(image: Image, tmp_path: Path) -> None:
+    """After the owner is SIGKILLed, `scalelab clean` removes exactly the run's resources."""
+    before = snapshot()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", UP_AND_DIE, "3", str(tmp_path), str(PROJECT)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("UP"), line
+    run_id = line.split()[1]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    leaked = before.diff(snapshot())
+    assert leaked.get("procs") and leaked.get("netns")  # guests outlive their owner...
+    assert run_id in [s.run_id for s in list_states() if not s.owner_alive]
+    out = subprocess.run([sys.executable, "-m", "harness.cli", "clean"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert run_id in out.stdout
+    time.sleep(0.2)
+    assert before.diff(snapshot()) == {}  # ...and clean removes them all
+
+
+def test_guest_is_a_guest_object(lab: Lab) -> None:
+    assert all(isinstance(g, Guest) for g in lab.guests)
+    assert len({g.name for g in lab.guests}) == N
