@@ -38,18 +38,31 @@ from harness.store import (
 RUN_ID = "20261125-194500-bench0"
 T0 = pd.Timestamp("2026-11-25T19:45:00", tz="UTC").value
 NS = (64, 128, 256, 512, 1024)
-SCENARIOS = (("test_ssh_roundtrip", "roundtrip", 0.004), ("test_cpu", "cpu", 0.050),
-             ("test_client_server", "request", 0.012))  # fmt: skip
-BRINGUP = (("created", 0.003), ("started", 0.15), ("tcp", 0.01), ("banner", 0.03),
-           ("auth", 0.04), ("first_command", 0.02))  # fmt: skip
-ERRORS = (("timeout", "no answer within 5.0 s"), ("refused", "connection refused"),
-          ("exit", "agent exited with status 1"))  # fmt: skip
+SCENARIOS = (
+    ("test_ssh_roundtrip", "roundtrip", 0.004),
+    ("test_cpu", "cpu", 0.050),
+    ("test_client_server", "request", 0.012),
+)
+BRINGUP = (
+    ("created", 0.003),
+    ("started", 0.15),
+    ("tcp", 0.01),
+    ("banner", 0.03),
+    ("auth", 0.04),
+    ("first_command", 0.02),
+)
+ERRORS = (
+    ("timeout", "no answer within 5.0 s"),
+    ("refused", "connection refused"),
+    ("exit", "agent exited with status 1"),
+)
 SEC = 1_000_000_000
 
 
 def _frame(n: int, **cols: object) -> pd.DataFrame:
-    df = pd.DataFrame({k: (np.full(n, v) if np.isscalar(v) or v is None else v)
-                       for k, v in cols.items()})  # fmt: skip
+    df = pd.DataFrame(
+        {k: (np.full(n, v) if np.isscalar(v) or v is None else v) for k, v in cols.items()}
+    )
     return df
 
 
@@ -62,15 +75,25 @@ def _bringup(rng: np.random.Generator, scenario: str, n: int, t: int) -> tuple[p
     starts = ends - dur
     guests = np.repeat([f"guest-{i:04d}" for i in range(n)], len(BRINGUP))
     df = _frame(
-        starts.size, scenario=scenario, n_guests=n, guest=guests, phase="bringup",
-        op=np.tile([op for op, _ in BRINGUP], n), start=starts.ravel(), end=ends.ravel(),
-        ok=True, error_class=None, error=None, exit_status=None,
-    )  # fmt: skip
+        starts.size,
+        scenario=scenario,
+        n_guests=n,
+        guest=guests,
+        phase="bringup",
+        op=np.tile([op for op, _ in BRINGUP], n),
+        start=starts.ravel(),
+        end=ends.ravel(),
+        ok=True,
+        error_class=None,
+        error=None,
+        exit_status=None,
+    )
     return df, int(ends.max())
 
 
-def _workload(rng: np.random.Generator, scenario: str, op: str, mean: float, n: int, k: int,
-              t: int) -> tuple[pd.DataFrame, int]:  # fmt: skip
+def _workload(
+    rng: np.random.Generator, scenario: str, op: str, mean: float, n: int, k: int, t: int
+) -> tuple[pd.DataFrame, int]:
     """``k`` back-to-back ops per guest; latency grows with N (contention) and has a heavy tail."""
     lat = mean * (1 + 0.25 * np.log2(n) + (n / 512) ** 2) * rng.lognormal(0, 0.35, (n, k))
     tail = rng.random((n, k)) < 0.01
@@ -81,14 +104,25 @@ def _workload(rng: np.random.Generator, scenario: str, op: str, mean: float, n: 
     failed = rng.random(n * k) < 0.004
     kinds = rng.integers(0, len(ERRORS), n * k)
     guests = np.repeat([f"guest-{i:04d}" for i in range(n)], k)
-    error_class = np.where(failed, np.array([c for c, _ in ERRORS])[kinds], None)
-    error = np.where(failed, np.char.add(guests.astype(str), ": ")
-                     + np.array([m for _, m in ERRORS])[kinds], None)  # fmt: skip
+    error_class = np.array([c for c, _ in ERRORS], dtype=object)[kinds]
+    error_class[~failed] = None
+    error = np.char.add(np.char.add(guests, ": "), np.array([m for _, m in ERRORS])[kinds])
+    error = error.astype(object)
+    error[~failed] = None
     df = _frame(
-        n * k, scenario=scenario, n_guests=n, guest=guests, phase="workload", op=op,
-        start=starts.ravel(), end=ends.ravel(), ok=~failed, error_class=error_class,
-        error=error, exit_status=np.where(failed, 1, 0),
-    )  # fmt: skip
+        n * k,
+        scenario=scenario,
+        n_guests=n,
+        guest=guests,
+        phase="workload",
+        op=op,
+        start=starts.ravel(),
+        end=ends.ravel(),
+        ok=~failed,
+        error_class=error_class,
+        error=error,
+        exit_status=np.where(failed, 1, 0),
+    )
     return df, int(ends.max())
 
 
@@ -100,9 +134,18 @@ def _faults(rng: np.random.Generator, scenario: str, n: int, t0: int, t1: int) -
         guest = f"guest-{int(rng.integers(0, n)):04d}"
         rows.append(dict(phase="fault", op=op, guest=guest, start=s, end=s + SEC // 2, ok=True))
         if op == "kill":
-            rows.append(dict(phase="lost", op="lost", guest=guest, start=s + SEC // 10,
-                             end=s + SEC // 10, ok=False, error_class="lost",
-                             error="guest stopped answering"))  # fmt: skip
+            rows.append(
+                dict(
+                    phase="lost",
+                    op="lost",
+                    guest=guest,
+                    start=s + SEC // 10,
+                    end=s + SEC // 10,
+                    ok=False,
+                    error_class="lost",
+                    error="guest stopped answering",
+                )
+            )
     df = pd.DataFrame(rows)
     df["scenario"], df["n_guests"] = scenario, n
     return df
@@ -123,20 +166,35 @@ def synthesize(run_dir: Path, rows: int, seed: int = 0) -> int:
             wl, end = _workload(rng, scenario, op, mean, n, k, t + SEC // 10)
             parts += [bu, wl, _faults(rng, scenario, n, t, end)]
             samples = np.linspace(t, end, 20).astype(np.int64)
-            metrics.append(_frame(
-                n * samples.size, scenario=scenario, n_guests=n,
-                guest=np.repeat([f"guest-{i:04d}" for i in range(n)], samples.size),
-                t=np.tile(samples, n), metric="cpu_util",
-                value=rng.uniform(20, 95, n * samples.size), unit="%",
-            ))  # fmt: skip
+            metrics.append(
+                _frame(
+                    n * samples.size,
+                    scenario=scenario,
+                    n_guests=n,
+                    guest=np.repeat([f"guest-{i:04d}" for i in range(n)], samples.size),
+                    t=np.tile(samples, n),
+                    metric="cpu_util",
+                    value=rng.uniform(20, 95, n * samples.size),
+                    unit="%",
+                )
+            )
             t = end + SEC
     timings = pd.concat(parts, ignore_index=True)
     timings["duration_s"] = (timings["end"] - timings["start"]) / SEC
     _write(run_dir, timings, TIMINGS_SCHEMA, TIMINGS_STREAM, TIMINGS_PARQUET)
-    _write(run_dir, pd.concat(metrics, ignore_index=True), METRICS_SCHEMA, METRICS_STREAM,
-           METRICS_PARQUET)  # fmt: skip
-    info = {"run_id": RUN_ID, "report_tz": "America/El_Salvador", "guests": list(NS),
-            "backend": {"name": "netns", "options": {}}}  # fmt: skip
+    _write(
+        run_dir,
+        pd.concat(metrics, ignore_index=True),
+        METRICS_SCHEMA,
+        METRICS_STREAM,
+        METRICS_PARQUET,
+    )
+    info = {
+        "run_id": RUN_ID,
+        "report_tz": "America/El_Salvador",
+        "guests": list(NS),
+        "backend": {"name": "netns", "options": {}},
+    }
     (run_dir / "run.json").write_text(json.dumps(info, indent=2))
     return len(timings)
 
@@ -171,8 +229,10 @@ def main(argv: list[str] | None = None) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
         t = time.perf_counter()
         count = synthesize(run_dir, args.rows)
-        print(f"synthesized {count:,} timing rows in {time.perf_counter() - t:.1f} s "
-              f"({run_dir})", file=sys.stderr)  # fmt: skip
+        print(
+            f"synthesized {count:,} timing rows in {time.perf_counter() - t:.1f} s ({run_dir})",
+            file=sys.stderr,
+        )
         seconds = []
         for _ in range(args.repeat):
             t = time.perf_counter()

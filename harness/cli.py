@@ -147,13 +147,15 @@ def _terminal_progress(total: int, started: int, ready: int, failed: int) -> Non
 
 
 def _up(args: argparse.Namespace) -> int:
+    from harness.lab import preflight_lab
     from harness.session import Session
 
     given = {o.name: getattr(args, o.name) for o in OPTIONS}
     cfg: LabConfig = build_config(given, Path.cwd())
     if len(cfg.guests) != 1:
         raise UserError("scalelab up takes one number of guests, not a sweep")
-    session = Session(cfg, progress=_terminal_progress)
+    image = preflight_lab(cfg, cfg.guests[0])  # bad input fails here, before anything exists
+    session = Session(cfg, progress=_terminal_progress, image=image)
     session.warn_leftovers(print_fn=lambda m: print(m, file=sys.stderr))
     try:
         lab = session.lab_up(cfg.guests[0])

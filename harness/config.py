@@ -189,4 +189,8 @@ def build_config(given: dict[str, Any], project_dir: Path) -> LabConfig:
     from harness.backends import parse_backend
 
     parse_backend(cfg.backend)  # fail early on an unknown scheme
+    if cfg.report_tz is not None:
+        from harness.report import resolve_zone
+
+        resolve_zone(cfg.report_tz)  # an unknown zone fails now, not after the run
     return cfg

@@ -9,6 +9,7 @@ every phase as a timing row), exports ``ssh_config``/``known_hosts`` and hands o
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +24,7 @@ import paramiko
 from harness.backends import load_backend, parse_backend
 from harness.backends.base import Backend, Guest, RunContext
 from harness.config import LabConfig
-from harness.errors import LabError
+from harness.errors import LabError, UserError
 from harness.identity import GuestSpec, KeyPair, choose_subnet, make_specs, preflight
 from harness.image import cache
 from harness.image.build import build
@@ -57,6 +58,18 @@ def ensure_image(config: LabConfig, progress: Callable[[str], None] | None = Non
             recipe = recipe.with_vm()
         image, _ = build(recipe, progress=progress)
     image.check()
+    return image
+
+
+def preflight_lab(config: LabConfig, n_guests: int) -> cache.Image:
+    """Every check that can fail on the user's input, before anything is created."""
+    backend = load_backend(parse_backend(config.backend))
+    if backend.requires_root and os.geteuid() != 0:
+        raise UserError(f"the {backend.name} backend needs root (namespaces, mounts, network "
+                        "devices): run as root")
+    image = ensure_image(config, vm=backend.name in ("qemu", "xen"))
+    backend.check(image, n_guests)
+    choose_subnet(config.subnet, n_guests)
     return image
 
 

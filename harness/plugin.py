@@ -18,7 +18,7 @@ import pytest
 from harness.backends.base import Guest
 from harness.config import OPTIONS, LabConfig, build_config
 from harness.errors import LabError, UserError
-from harness.lab import Lab
+from harness.lab import Lab, preflight_lab
 from harness.session import Session
 from harness.ssh import Fleet
 from harness.store import Recorder
@@ -36,7 +36,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             group.addoption(opt.cli, dest=f"scalelab_{opt.name}", action="store_true",
                             default=None, help=opt.help)
         else:
-            group.addoption(opt.cli, dest=f"scalelab_{opt.name}", default=None, help=opt.help)
+            group.addoption(opt.cli, dest=f"scalelab_{opt.name}", default=None, help=opt.help,
+                            metavar=opt.name.upper())
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -52,13 +53,6 @@ def pytest_configure(config: pytest.Config) -> None:
         lab_config = build_config(given, Path(str(config.rootpath)))
     except UserError as err:
         raise pytest.UsageError(f"scalelab: {err}") from None
-    if lab_config.report_tz is not None:
-        try:
-            from harness.report import resolve_zone
-
-            resolve_zone(lab_config.report_tz)
-        except UserError as err:
-            raise pytest.UsageError(f"scalelab: {err}") from None
     config.stash[_CONFIG_KEY] = lab_config
     config.stash[_OUTCOME_KEY] = {"passed": 0, "failed": 0, "skipped": 0, "error": 0}
 
@@ -170,7 +164,8 @@ def scalelab_session(request: pytest.FixtureRequest, lab_config: LabConfig) -> S
         signal.signal(signal.SIGTERM, _sigterm)
     progress = _Progress(request.config)
     try:
-        s = Session(lab_config, progress=progress)
+        image = preflight_lab(lab_config, lab_config.max_guests)
+        s = Session(lab_config, progress=progress, image=image)
     except UserError as err:
         pytest.exit(f"scalelab: {err}", returncode=pytest.ExitCode.USAGE_ERROR)
     request.config.stash[_SESSION_KEY] = s

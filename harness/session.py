@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import LabConfig
+from harness.image.cache import Image
 from harness.lab import Lab, ProgressFn
 from harness.runinfo import (
     base_info,
@@ -27,8 +28,10 @@ from harness.store import Context, Recorder, Store
 
 
 class Session:
-    def __init__(self, config: LabConfig, *, progress: ProgressFn | None = None) -> None:
+    def __init__(self, config: LabConfig, *, progress: ProgressFn | None = None,
+                 image: Image | None = None) -> None:
         self.config = config
+        self.image = image
         self.progress = progress
         self.run_id = new_run_id()
         reports = Path(config.reports_dir)
@@ -69,10 +72,11 @@ class Session:
         lab_dir.mkdir(parents=True, exist_ok=True)
         lab = Lab(
             self.config, run_id, lab_dir, self.recorder(scenario, n), progress=self.progress,
-            image=self.labs[0].image if self.labs else None,
+            image=self.image,
         )
         self.labs.append(lab)
         lab.start(n, min_ready=min_ready)
+        self.image = lab.image
         if sub is None:
             self.info.update(lab.describe())
             write_run_json(self.run_dir, self.info)

@@ -75,6 +75,8 @@ class Backend(abc.ABC):
     name: str = ""
     #: Faults this backend can inject, e.g. {"kill", "pause", "isolate", "bandwidth"}.
     faults: frozenset[str] = frozenset()
+    #: Whether bringing guests up needs root on this host.
+    requires_root: bool = True
     #: MAC OUI the backend wants (None: locally administered).
     mac_oui: tuple[int, int, int] | None = None
 

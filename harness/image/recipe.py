@@ -33,7 +33,7 @@ BUILDER_VERSION = 3
 #: What every image carries: the guest's service and the tools the harness uses inside.
 BASE_PACKAGES = ("openssh-server", "python3", "iproute2")
 #: Added for images that boot as VMs (qemu, xen): a kernel and the initramfs tools.
-VM_PACKAGES = ("linux-image-cloud-amd64", "initramfs-tools", "e2fsprogs", "busybox")
+VM_PACKAGES = ("linux-image-cloud-amd64", "initramfs-tools", "e2fsprogs", "busybox", "systemd")
 
 
 @dataclass(frozen=True)

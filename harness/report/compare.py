@@ -156,9 +156,12 @@ def compare_stats(
 
 
 def compare_text(
-    run_a: RunData, run_b: RunData, rows: list[CompareRow], regressions: list[Regression],
+    run_a: RunData,
+    run_b: RunData,
+    rows: list[CompareRow],
+    regressions: list[Regression],
     threshold: float,
-) -> str:  # fmt: skip
+) -> str:
     """The plain-text table printed by ``scalelab compare`` and written to compare.txt."""
     lines = [
         f"scalelab compare: A = {run_a.run_id} ({run_a.run_dir})",

@@ -288,8 +288,9 @@ def latency_over_time(
         ax.scatter(x[m], yv[m], s=4, color=colour, alpha=0.6, lw=0, rasterized=big, zorder=2)
         handles.append(Line2D([], [], marker="o", ls="", color=colour, label=f"N={n}"))
     if (~ok).any():
-        ax.scatter(x[~ok], yv[~ok], s=14, marker="x", color=FAIL_COLOUR, lw=0.8, zorder=3,
-                   rasterized=big)  # fmt: skip
+        ax.scatter(
+            x[~ok], yv[~ok], s=14, marker="x", color=FAIL_COLOUR, lw=0.8, zorder=3, rasterized=big
+        )
         handles.append(Line2D([], [], marker="x", ls="", color=FAIL_COLOUR, label="failed"))
     start, end = rows["start"].min(), rows["end"].max()
     setup_time_axis(ax, zone, start, end)

@@ -22,9 +22,24 @@ KNEE_GROWTH = 0.10
 
 SERIES_KEYS = ["base", "op"]
 STAT_COLUMNS = [
-    "base", "op", "title", "n_guests", "count", "ok", "failed", "success_rate",
-    "p50", "p95", "p99", "max", "mean", "span_s", "throughput", "ideal", "efficiency",
-]  # fmt: skip
+    "base",
+    "op",
+    "title",
+    "n_guests",
+    "count",
+    "ok",
+    "failed",
+    "success_rate",
+    "p50",
+    "p95",
+    "p99",
+    "max",
+    "mean",
+    "span_s",
+    "throughput",
+    "ideal",
+    "efficiency",
+]
 
 
 def workload_rows(timings: pd.DataFrame) -> pd.DataFrame:
@@ -91,7 +106,7 @@ def find_knee(
         if t0 <= 0:
             continue
         per_doubling = (t1 / t0) ** (1.0 / math.log2(n1 / n0)) - 1.0
-        if per_doubling <= growth:
+        if per_doubling <= growth + 1e-9:  # exactly 10 % must not fail on rounding
             return n0
     return None
 
@@ -120,8 +135,17 @@ def knees(stats: pd.DataFrame, growth: float = KNEE_GROWTH) -> list[Knee]:
 def bringup_stats(timings: pd.DataFrame) -> pd.DataFrame:
     """Per (scenario, N) bring-up: per-guest time to ready and the wall time until all were."""
     bu = timings[timings["phase"] == "bringup"]
-    cols = ["scenario", "n_guests", "guests", "failed", "ready_p50", "ready_p95", "ready_max",
-            "all_ready_s", "slowest_step"]  # fmt: skip
+    cols = [
+        "scenario",
+        "n_guests",
+        "guests",
+        "failed",
+        "ready_p50",
+        "ready_p95",
+        "ready_max",
+        "all_ready_s",
+        "slowest_step",
+    ]
     if bu.empty:
         return pd.DataFrame(columns=cols)
     keys = ["scenario", "n_guests"]
@@ -202,9 +226,16 @@ def failures(
             for guest, r in per.head(max_guests).iterrows()
         ]
         groups.append(
-            FailureGroup(str(cls), len(g), len(per), where_text, examples, guests,
-                         max(0, len(per) - max_guests))
-        )  # fmt: skip
+            FailureGroup(
+                str(cls),
+                len(g),
+                len(per),
+                where_text,
+                examples,
+                guests,
+                max(0, len(per) - max_guests),
+            )
+        )
     groups.sort(key=lambda f: -f.count)
     return groups
 

@@ -12,13 +12,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from harness.store import Context, Recorder, Store
 
 RUN_ID = "20261125-194500-3fa2c1"
 T0 = datetime(2026, 11, 25, 19, 45, 0, tzinfo=UTC)
-BRINGUP = (("created", 0.004), ("started", 0.05), ("tcp", 0.01), ("banner", 0.02),
-           ("auth", 0.03), ("first_command", 0.015))  # fmt: skip
+BRINGUP = (
+    ("created", 0.004),
+    ("started", 0.05),
+    ("tcp", 0.01),
+    ("banner", 0.02),
+    ("auth", 0.03),
+    ("first_command", 0.015),
+)
 SEC = 1_000_000_000
 
 
@@ -43,7 +50,7 @@ class RunSpec:
 
 
 def write_run_json(run_dir: Path, spec: RunSpec) -> None:
-    info = {
+    info: dict[str, Any] = {
         "run_id": spec.run_id,
         "started_utc": spec.start.isoformat(),
         "command_line": ["pytest", "scenarios/", f"--guests={','.join(map(str, spec.ns))}"],
@@ -81,8 +88,9 @@ def _bringup(rec: Recorder, guests: list[str], t: int, rng: random.Random) -> in
     return ready
 
 
-def _workload(rec: Recorder, spec: RunSpec, n: int, guests: list[str], t: int,
-              rng: random.Random) -> int:  # fmt: skip
+def _workload(
+    rec: Recorder, spec: RunSpec, n: int, guests: list[str], t: int, rng: random.Random
+) -> int:
     """Each guest runs its ops back to back; latency grows with N (contention), plus noise.
 
     At the largest N a fault window kills guest 1: it is lost and its later ops fail.
@@ -94,8 +102,16 @@ def _workload(rec: Recorder, spec: RunSpec, n: int, guests: list[str], t: int,
         kill_at = t + int(spec.ops_per_guest * spec.base_latency * contention * SEC / 2)
         rec.timing("kill", kill_at, kill_at + SEC // 20, guest=victim, phase="fault")
         rec.timing("pause", t, t + SEC // 50, guest=guests[0], phase="fault")
-        rec.timing("lost", kill_at, kill_at, guest=victim, phase="lost", ok=False,
-                   error_class="lost", error="guest stopped answering after kill")  # fmt: skip
+        rec.timing(
+            "lost",
+            kill_at,
+            kill_at,
+            guest=victim,
+            phase="lost",
+            ok=False,
+            error_class="lost",
+            error="guest stopped answering after kill",
+        )
     end = t
     for guest in guests:
         s = t
@@ -104,11 +120,26 @@ def _workload(rec: Recorder, spec: RunSpec, n: int, guests: list[str], t: int,
             lat *= math.exp(rng.gauss(0, 0.25))
             e = s + int(lat * SEC)
             if guest == victim and kill_at is not None and s >= kill_at:
-                rec.timing(spec.op, s, e, guest=guest, ok=False, error_class="lost",
-                           error=f"{guest}: connection reset by peer")  # fmt: skip
+                rec.timing(
+                    spec.op,
+                    s,
+                    e,
+                    guest=guest,
+                    ok=False,
+                    error_class="lost",
+                    error=f"{guest}: connection reset by peer",
+                )
             elif spec.failures and k == 3 and guest == guests[-1]:
-                rec.timing(spec.op, s, e, guest=guest, ok=False, error_class="timeout",
-                           error=f"{guest}: no answer within 5.0 s", exit_status=None)  # fmt: skip
+                rec.timing(
+                    spec.op,
+                    s,
+                    e,
+                    guest=guest,
+                    ok=False,
+                    error_class="timeout",
+                    error=f"{guest}: no answer within 5.0 s",
+                    exit_status=None,
+                )
             else:
                 rec.timing(spec.op, s, e, guest=guest, exit_status=0)
             if spec.metrics and k % 3 == 0:

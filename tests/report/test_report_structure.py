@@ -18,8 +18,17 @@ from harness.errors import UserError
 from harness.report import base_scenario, render_report
 from harness.store import TIMINGS_STREAM
 
-SECTIONS = ("summary", "scenarios", "bringup", "failures", "lost", "faults", "metrics",
-            "environment", "files")  # fmt: skip
+SECTIONS = (
+    "summary",
+    "scenarios",
+    "bringup",
+    "failures",
+    "lost",
+    "faults",
+    "metrics",
+    "environment",
+    "files",
+)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -72,9 +81,10 @@ class ReportParser(HTMLParser):
             self._cell = None
         elif tag == "tr" and self._row is not None:
             table = self.tables[-1]
-            (table.headers if self._in_head else table.rows).append(self._row)
             if self._in_head:
                 table.headers = self._row
+            else:
+                table.rows.append(self._row)
             self._row = None
 
     def handle_data(self, data: str) -> None:

@@ -84,8 +84,12 @@ def test_plot_axis_shows_local_time_and_names_zone(
 def test_axis_helper_labels_ticks_in_zone() -> None:
     fig = plots.new_figure()
     ax = fig.add_subplot()
-    setup_time_axis(ax, zoneinfo.ZoneInfo("America/El_Salvador"), NOON_NOV - pd.Timedelta(
-        hours=1), NOON_NOV + pd.Timedelta(hours=1))  # fmt: skip
+    setup_time_axis(
+        ax,
+        zoneinfo.ZoneInfo("America/El_Salvador"),
+        NOON_NOV - pd.Timedelta(hours=1),
+        NOON_NOV + pd.Timedelta(hours=1),
+    )
     ticks = _tick_labels(fig)
     assert "06:00" in ticks and "12:00" not in ticks
 

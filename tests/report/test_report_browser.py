@@ -1,0 +1,96 @@
+"""The report in a real browser (headless Chromium): it renders, every image decodes, and the
+page fetches nothing. No DevTools protocol: a copy of the page with a tiny script reports what
+it saw through ``document.title``, read back with ``--dump-dom``."""
+
+from __future__ import annotations
+
+import html as html_lib
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
+
+# Collect, after load, every image's decoded size and every resource the page fetched.
+CHECK_SCRIPT = """<script>
+window.addEventListener('load', function () {
+  var images = Array.prototype.map.call(document.images, function (i) {
+    return [i.complete, i.naturalWidth, i.naturalHeight];
+  });
+  var fetched = performance.getEntriesByType('resource').map(function (e) { return e.name; });
+  var urls = [];
+  document.querySelectorAll('[src],[href]').forEach(function (el) {
+    urls.push(el.getAttribute('src') || el.getAttribute('href'));
+  });
+  document.title = 'CHECK:' + JSON.stringify({images: images, fetched: fetched, urls: urls});
+});
+</script>"""
+
+
+def _chromium(profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    assert CHROMIUM is not None
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-default-apps",
+        "--mute-audio",
+        f"--user-data-dir={profile}",
+        "--host-resolver-rules=MAP * ~NOTFOUND",  # nothing could be fetched even if tried
+        *args,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_screenshot(rendered: Path, tmp_path: Path) -> None:
+    shot = tmp_path / "shot.png"
+    proc = _chromium(
+        tmp_path / "profile", f"--screenshot={shot}", "--window-size=1280,2000", rendered.as_uri()
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = shot.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 20_000
+
+
+def test_images_load_and_nothing_is_fetched(rendered: Path, tmp_path: Path) -> None:
+    page = rendered.read_text(encoding="utf-8")
+    # The report's CSP forbids scripts; the probe copy allows inline ones and nothing else more.
+    probe_csp = (
+        "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
+    )
+    probe = re.sub(
+        r'(<meta http-equiv="Content-Security-Policy" content=")[^"]*',
+        lambda m: m.group(1) + probe_csp,
+        page,
+    )
+    assert probe != page
+    # Beside index.html so relative links resolve the same way.
+    copy = rendered.with_name("browser-probe.html")
+    copy.write_text(probe.replace("</body>", CHECK_SCRIPT + "</body>"), encoding="utf-8")
+    try:
+        proc = _chromium(
+            tmp_path / "profile", "--dump-dom", "--virtual-time-budget=5000", copy.as_uri()
+        )
+    finally:
+        copy.unlink()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    m = re.search(r"<title>CHECK:(.*?)</title>", proc.stdout, re.S)
+    assert m, "the probe did not run: " + proc.stdout[:500]
+    seen: dict[str, Any] = json.loads(html_lib.unescape(m.group(1)))
+    assert len(seen["images"]) == 7
+    for complete, width, height in seen["images"]:
+        assert complete and width > 0 and height > 0
+    assert seen["fetched"] == []  # data: images are not fetches; anything else would be
+    for url in seen["urls"]:
+        assert not re.match(r"(?:https?:)?//", url), url

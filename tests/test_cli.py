@@ -1,0 +1,125 @@
+"""The `scalelab` command: bad input gives one clear line and leaves nothing; up/down works."""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.identity import host_routes
+from harness.image.cache import Image
+from leaks import PROJECT, snapshot
+
+pytestmark = pytest.mark.integration
+
+
+def scalelab(*args: str, cwd: Path = PROJECT, user: str | None = None,
+             timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "harness.cli", *args]
+    if user:
+        argv = ["setpriv", "--reuid", user, "--regid", user, "--clear-groups", *argv]
+    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def _one_clear_line(res: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert res.returncode != 0
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr  # no traceback
+    assert lines[0].startswith("scalelab: ")
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def _a_host_route() -> str:
+    routes = [r for r in host_routes() if r.prefixlen >= 8 and r.version == 4]
+    assert routes, "this host has no IPv4 route to overlap"
+    return str(routes[0])
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--guests", "0"], ["at least 1"]),
+        (["--guests", "-2"], ["at least 1"]),
+        (["--guests", "abc"], ["not a whole number"]),
+        (["--guests", "4", "--backend", "vmware"], ["unknown backend", "netns"]),
+        (["--guests", "4", "--image", "nosuchimage"], ["no cached image"]),
+        (["--guests", "64", "--subnet", "10.77.0.0/28"], ["holds 13 guests, 64 asked"]),
+        (["--guests", "4", "--subnet", "ROUTE"], ["overlaps the host route"]),
+        (["--guests", "4", "--backend", "netns://?bridge=lo"], ["already exists"]),
+        (["--guests", "4", "--report-tz", "Mars/Olympus"], ["unknown", "zone"]),
+    ],
+)
+def test_up_bad_input(args: list[str], needles: list[str], image: Image, tmp_path: Path) -> None:
+    args = [a.replace("ROUTE", _a_host_route()) for a in args]
+    before = snapshot()
+    res = scalelab("up", *args, "--reports-dir", str(tmp_path / "r"))
+    _one_clear_line(res, *needles)
+    assert before.diff(snapshot()) == {}
+
+
+def test_up_needs_root(image: Image, tmp_path: Path) -> None:
+    reports = tmp_path / "r"
+    reports.mkdir(mode=0o777)
+    reports.chmod(0o777)
+    tmp_path.chmod(0o755)
+    res = scalelab("up", "--guests", "2", "--reports-dir", str(reports), "--image", image.key,
+                   user="65534")
+    _one_clear_line(res, "needs root")
+
+
+def test_corrupt_image_is_refused(image: Image, tmp_path: Path) -> None:
+    fake = tmp_path / "img"
+    fake.mkdir()
+    (fake / "manifest.json").write_text((image.dir / "manifest.json").read_text())
+    (fake / "base.img").write_bytes(b"\0" * 4096)
+    res = scalelab("up", "--guests", "1", "--image", str(fake), "--reports-dir",
+                   str(tmp_path / "r"))
+    _one_clear_line(res, "rebuild")
+
+
+def test_unwritable_reports_dir(image: Image, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    res = scalelab("up", "--guests", "1", "--reports-dir", str(blocker / "reports"))
+    _one_clear_line(res, "cannot write the reports directory")
+
+
+def test_up_ssh_down(image: Image, tmp_path: Path) -> None:
+    before = snapshot()
+    reports = tmp_path / "reports"
+    res = scalelab("up", "--guests", "3", "--reports-dir", str(reports))
+    assert res.returncode == 0, res.stderr
+    assert "is up: 3 guests" in res.stdout
+    run_dir = (reports / "latest").resolve()
+    assert (run_dir / "ssh_config").is_file()
+    assert not (run_dir / "id_ed25519").exists()  # the private key stays out of reports
+    out = subprocess.run(["ssh", "-F", str(run_dir / "ssh_config"), "-o", "BatchMode=yes",
+                          "g001", "hostname"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and out.stdout.strip() == "g001", out.stderr
+    ls = scalelab("ls")
+    assert run_dir.name in ls.stdout and "kept up" in ls.stdout
+    # `clean` leaves a lab that was kept up on purpose alone.
+    scalelab("clean")
+    assert run_dir.name in scalelab("ls").stdout
+    down = scalelab("down")
+    assert down.returncode == 0, down.stderr
+    assert f"lab {run_dir.name} is down" in down.stdout
+    assert before.diff(snapshot()) == {}
+
+
+def test_image_build_is_cached(image: Image) -> None:
+    res = scalelab("image", "build")
+    assert res.returncode == 0, res.stderr
+    assert "already built" in res.stdout and image.key in res.stdout
+    listing = scalelab("image", "list")
+    assert image.key in listing.stdout and image.digest in listing.stdout
+
+
+def test_subnet_parse_matches_routes() -> None:
+    # host_routes() sees real routes of this host (the guest subnets are checked against it).
+    for r in host_routes():
+        assert isinstance(r, ipaddress.IPv4Network)
