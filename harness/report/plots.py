@@ -31,6 +31,7 @@ FAIL_COLOUR = "#d62728"
 
 MAX_GANTT_ROWS = 300  # beyond this a row is under 2 px: sample evenly by start order
 MAX_SCATTER = 20_000
+MIN_FAILURE_POINTS = 200
 CDF_POINTS = 512
 MAX_METRICS = 6
 METRIC_BINS = 200
@@ -252,6 +253,24 @@ def distribution_figure(rows: pd.DataFrame, title: str) -> Figure:
     return fig
 
 
+def _sample_ops(rows: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
+    """At most MAX_SCATTER rows, drawn at random; (sample, failures over-represented?).
+
+    Failures are sampled at their own rate but never below MIN_FAILURE_POINTS, so a rare
+    failure does not vanish from the picture.
+    """
+    total = len(rows)
+    if total <= MAX_SCATTER:
+        return rows, False
+    ok = rows["ok"].to_numpy(dtype=bool)
+    bad_idx, ok_idx = np.flatnonzero(~ok), np.flatnonzero(ok)
+    fair = round(MAX_SCATTER * bad_idx.size / total)
+    rng = np.random.default_rng(0)  # fixed: re-rendering a run draws the same picture
+    bad_idx = rng.choice(bad_idx, min(bad_idx.size, max(MIN_FAILURE_POINTS, fair)), replace=False)
+    ok_idx = rng.choice(ok_idx, min(ok_idx.size, MAX_SCATTER - bad_idx.size), replace=False)
+    return rows.iloc[np.sort(np.concatenate([ok_idx, bad_idx]))], bad_idx.size > fair
+
+
 def latency_over_time(
     rows: pd.DataFrame,
     zone: dt.tzinfo,
@@ -263,18 +282,7 @@ def latency_over_time(
     fig = new_figure(12.0, 4.0)
     ax = fig.add_subplot()
     total = len(rows)
-    if total > MAX_SCATTER:
-        # Keep every failure (up to a quarter of the budget): they are what a reader looks for.
-        bad_idx = np.flatnonzero(~rows["ok"].to_numpy(dtype=bool))
-        rng = np.random.default_rng(0)
-        if bad_idx.size > MAX_SCATTER // 4:
-            bad_idx = rng.choice(bad_idx, MAX_SCATTER // 4, replace=False)
-        ok_idx = np.flatnonzero(rows["ok"].to_numpy(dtype=bool))
-        take = min(ok_idx.size, MAX_SCATTER - bad_idx.size)
-        ok_idx = rng.choice(ok_idx, take, replace=False)
-        sample = rows.iloc[np.sort(np.concatenate([ok_idx, bad_idx]))]
-    else:
-        sample = rows
+    sample, oversampled = _sample_ops(rows)
     scale, unit = latency_unit(sample.loc[sample["ok"], "duration_s"].to_numpy())
     x = date_nums(sample["start"])
     yv = sample["duration_s"].to_numpy(dtype=float) * scale
@@ -297,7 +305,10 @@ def latency_over_time(
     handles += _time_decorations(ax, faults, lost, start, end)
     _maybe_log(ax, yv)
     ax.set_ylabel(f"latency ({unit})")
-    shown = f" ({len(sample):,} of {total:,} operations shown)" if len(sample) < total else ""
+    shown = ""
+    if len(sample) < total:
+        kept = "; failures over-sampled so rare ones show" if oversampled else ""
+        shown = f" ({len(sample):,} of {total:,} operations, sampled{kept})"
     ax.set_title(f"{title}: latency over time{shown}")
     ax.grid(alpha=0.3)
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
@@ -348,10 +359,16 @@ def metrics_figure(
             edges = np.linspace(lo, hi, METRIC_BINS + 1)
             b = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, METRIC_BINS - 1)
             q = pd.Series(v).groupby(b).quantile(np.array([0.05, 0.5, 0.95])).unstack()
-            q = q.reindex(range(METRIC_BINS))  # empty bins become gaps, not straight lines
-            mid = (edges[:-1] + edges[1:]) / 2
-            ax.fill_between(mid, q[0.05], q[0.95], alpha=0.25, color="#1f77b4", label="p5–p95")
-            ax.plot(mid, q[0.5], color="#1f77b4", lw=1.2, label=f"median of {len(guests)} guests")
+            idx = q.index.to_numpy()
+            mid = (edges[idx] + edges[idx + 1]) / 2
+            # Pauses in sampling (between scenarios) become gaps, not straight lines.
+            x, lo_q = _gapped(mid, q[0.05].to_numpy())
+            _, hi_q = _gapped(mid, q[0.95].to_numpy())
+            _, med = _gapped(mid, q[0.5].to_numpy())
+            ax.fill_between(x, lo_q, hi_q, alpha=0.25, color="#1f77b4", lw=0, label="p5–p95")
+            ax.plot(
+                x, med, ".-", ms=2, color="#1f77b4", lw=1.2, label=f"median of {len(guests)} guests"
+            )
         ax.set_ylabel(f"{name}\n({unit})" if unit else name, fontsize=8)
         ax.ticklabel_format(axis="y", useOffset=False)
         ax.grid(alpha=0.3)

@@ -71,10 +71,13 @@ def fault_bands(ax: Axes, faults: pd.DataFrame) -> list[Patch]:
     handles: list[Patch] = []
     if faults.empty:
         return handles
-    right = ax.get_xlim()[1]
+    left, right = ax.get_xlim()
+    # A half-second pause in a ten-minute run would be thinner than a pixel: widen to 0.3 %.
+    min_width = (right - left) * 0.003
     for op, g in faults.groupby("op", sort=True, observed=True):
         x0 = date_nums(g["start"])
         x1 = np.where(g["end"].isna(), right, date_nums(g["end"]))
+        x1 = np.maximum(x1, x0 + min_width)
         # x in data coordinates, y in axes coordinates (0..1): a band spans the whole height.
         verts = np.stack(
             [
