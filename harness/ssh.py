@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import shlex
 import socket
@@ -26,6 +27,10 @@ import paramiko
 
 from harness.backends.base import Guest, Jump
 from harness.identity import KeyPair
+
+# paramiko logs every failed handshake attempt with a traceback; retries are expected during
+# a boot storm, and failures are reported by the harness with their class instead.
+logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
 #: Failure classes, in the words the report groups by.
 TIMEOUT, REFUSED, BANNER, AUTH, HOSTKEY, EXIT, LOST, ERROR = (
@@ -157,6 +162,7 @@ PhaseCallback = Callable[[str, str, int, int], None]
 class ReadyOptions:
     timeout: float = 120.0
     connect_timeout: float = 1.0
+    handshake_timeout: float = 30.0
     backoff_start: float = 0.02
     backoff_max: float = 0.5
     first_command: str = "cat /etc/hostname"
@@ -233,7 +239,9 @@ def connect_ready(
                     sock=timed,
                     look_for_keys=False,
                     allow_agent=False,
-                    timeout=opts.connect_timeout,
+                    # `timeout` bounds the whole key exchange here (the socket is ours):
+                    # on a loaded 2-core host 64 handshakes at once need more than 1 s.
+                    timeout=opts.handshake_timeout,
                     banner_timeout=max(5.0, min(30.0, deadline - time.monotonic())),
                     auth_timeout=30.0,
                 )

@@ -265,7 +265,7 @@ class NetnsBackend(Backend):
         for spec in specs:
             ns, veth = self.netns_name(spec), self.veth_name(spec)
             self._record("netns", name=ns)
-            self._record("link", name=veth)
+            self._record("link", name=veth, netns=ns)
             batch += [
                 f"netns add {ns}",
                 f"link add {veth} type veth peer name eth0 address {spec.mac} netns {ns}",

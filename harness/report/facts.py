@@ -15,7 +15,7 @@ import pandas as pd
 from harness.report.rundata import RUN_INFO, RunData
 from harness.report.summary import Knee, success_rate, workload_rows
 from harness.report.templating import fmt_duration, fmt_percent
-from harness.report.zones import format_time
+from harness.report.zones import format_time, offsets_in_span, zone_name
 from harness.store import METRICS_PARQUET, METRICS_STREAM, TIMINGS_PARQUET, TIMINGS_STREAM
 
 RAW_FILES = (
@@ -120,6 +120,7 @@ def run_summary(data: RunData, zone: dt.tzinfo, knee_list: list[Knee]) -> list[t
     rate = success_rate(t)
     rows = [
         ("run", data.run_id),
+        ("time zone", f"{zone_name(zone)} ({' → '.join(offsets_in_span(zone, started, ended))})"),
         ("started", format_time(started, zone)),
         ("ended", format_time(ended, zone)),
         ("duration", fmt_duration((ended - started).total_seconds())),

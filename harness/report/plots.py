@@ -124,7 +124,7 @@ def bringup_gantt(
     x0, x1 = date_nums(shown["start"]), date_nums(shown["end"])
 
     n_rows = len(guests)
-    fig = new_figure(10.0, float(np.clip(1.6 + 0.16 * n_rows, 3.0, 9.0)))
+    fig = new_figure(10.0, float(np.clip(1.6 + 0.16 * n_rows, 3.0, 7.0)))
     ax = fig.add_subplot()
     half = 0.42 if n_rows <= 60 else 0.5  # dense charts: bars touch, no white lines between
     steps = [s for s in BRINGUP_STEPS if s in set(shown["op"])]

@@ -29,7 +29,7 @@ from harness.report.zones import offsets_in_span, zone_for_run, zone_name
 from harness.store import TIMINGS_PARQUET
 
 INDEX = "index.html"
-MAX_GANTTS = 6  # one per bring-up (scenario, N); the largest N are the interesting ones
+MAX_GANTTS = 6  # bring-up timelines drawn at most (each is a tall figure)
 
 CAPTION_SCALING = (
     "Latency of successful operations; throughput is successful operations per second of the "
@@ -120,16 +120,23 @@ def _scenario_sections(
 
 
 def _bringup_plots(timings: pd.DataFrame, tc: TimeContext, out: Path) -> tuple[list[PlotFile], int]:
-    """A Gantt chart per bring-up (scenario, N), keeping the largest N; (plots, skipped)."""
+    """A Gantt chart per bring-up (scenario, N); returns (plots, bring-ups not drawn).
+
+    With more than MAX_GANTTS bring-ups only the largest N of each scenario is drawn: that is
+    where contention shows, and the table above has the numbers of the others.
+    """
     bu = timings[timings["phase"] == "bringup"]
-    groups = sorted(
-        bu.groupby(["scenario", "n_guests"], sort=False, observed=True),
-        key=lambda kv: cast(int, kv[0][1]),
-    )
-    skipped = max(0, len(groups) - MAX_GANTTS)
+    groups = [
+        (base_scenario(str(scenario)), cast(int, n), g)
+        for (scenario, n), g in bu.groupby(["scenario", "n_guests"], sort=False, observed=True)
+    ]
+    groups.sort(key=lambda item: (item[0], item[1]))
+    if len(groups) > MAX_GANTTS:
+        largest = {base: n for base, n, _ in groups}  # sorted by N, so the last one wins
+        groups = [item for item in groups if item[1] == largest[item[0]]][:MAX_GANTTS]
+    skipped = len(bu.groupby(["scenario", "n_guests"], observed=True)) - len(groups)
     written = []
-    for (scenario, n), g in groups[skipped:]:
-        base = base_scenario(str(scenario))
+    for base, n, g in groups:
         label = f"{base}, N={n}" if base else f"N={n}"
         fig = plots.bringup_gantt(g, tc.zone, tc.faults, tc.lost, f"bring-up timeline, {label}")
         name = slug(f"bringup-{base}-n{n}")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from harness.report.scenarios import series_title
+from harness.report.scenarios import base_scenario, series_title
 
 PERCENTILES = (0.50, 0.95, 0.99)
 #: Throughput that grows less than this per doubling of N has stopped scaling.
@@ -172,7 +172,10 @@ def bringup_stats(timings: pd.DataFrame) -> pd.DataFrame:
         index=slowest.index,
     )
     out["slowest_step"] = slowest_text
-    return out.reset_index()[cols]
+    out = out.reset_index()
+    # Lexical order would put "[n=128]" before "[n=64]": order by scenario base, then N.
+    out["base"] = out["scenario"].map(lambda s: base_scenario(str(s))).astype(str)
+    return out.sort_values(["base", "n_guests"], kind="stable")[cols]
 
 
 @dataclass(frozen=True)
@@ -197,7 +200,7 @@ class FailureGroup:
 
 
 def failures(
-    timings: pd.DataFrame, max_guests: int = 20, max_examples: int = 3
+    timings: pd.DataFrame, max_guests: int = 10, max_examples: int = 3
 ) -> list[FailureGroup]:
     """Failed rows grouped by error class, most frequent first (lost-guest markers excluded)."""
     bad = timings[~timings["ok"] & ~timings["phase"].isin(["lost", "fault"])]

@@ -11,6 +11,7 @@ from typing import Any
 import jinja2
 import pandas as pd
 
+from harness.report.export import slug
 from harness.report.zones import format_time
 
 
@@ -93,6 +94,7 @@ def environment(zone: dt.tzinfo) -> jinja2.Environment:
         signed_pct=fmt_signed_percent,
         duration=fmt_duration,
         bytes=fmt_bytes,
+        slug=slug,
     )
     return env
 

@@ -16,7 +16,7 @@ from synthruns import RUN_ID, RunSpec
 
 from harness.errors import UserError
 from harness.report import base_scenario, render_report
-from harness.store import TIMINGS_STREAM
+from harness.store import TIMINGS_STREAM, Context, Store
 
 SECTIONS = (
     "summary",
@@ -275,3 +275,34 @@ def test_missing_run_json_is_tolerated(synth_run: Callable[..., Path], tmp_path:
 )
 def test_base_scenario(node: str, base: str) -> None:
     assert base_scenario(node) == base
+
+
+def test_bringup_only_run_with_failures(tmp_path: Path) -> None:
+    """A run whose bring-up failed: no workload at all, failures and a Gantt still shown."""
+    store = Store(tmp_path, Context(run_id="r-bringup"))
+    rec = store.scoped(scenario="test_rt[n=3]", n_guests=3)
+    t = 1_780_000_000 * 10**9
+    for i in range(3):
+        s = t + i * 10**7
+        rec.timing("created", s, s + 10**7, guest=f"g{i}", phase="bringup")
+        ok = i != 2
+        rec.timing(
+            "banner",
+            s + 10**7,
+            s + 5 * 10**7,
+            guest=f"g{i}",
+            phase="bringup",
+            ok=ok,
+            error_class=None if ok else "banner",
+            error=None if ok else "Error reading SSH protocol banner",
+        )
+    store.finish()
+    html, p = parse(render_report(tmp_path, tz="Asia/Tokyo"))
+    assert "The run recorded no workload operations." in html
+    assert "failure-banner" in p.sections
+    assert "Error reading SSH protocol banner" in html
+    (bringup,) = tables_in(p, "bringup")
+    assert bringup.rows[0][3] == "1"  # one guest failed to come up
+    assert len(p.images) == 1  # the bring-up timeline
+    (summary,) = tables_in(p, "summary")
+    assert {r[0]: r[1] for r in summary.rows}["success rate"] == "no workload"
