@@ -9,6 +9,7 @@ every phase as a timing row), exports ``ssh_config``/``known_hosts`` and hands o
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import threading
 import time
@@ -171,6 +172,7 @@ class Lab:
         guests = self.backend.up(specs)
         self.guests = guests
         write_exports(self.run_dir, guests, key_path)
+        self._write_inventory(guests)
         clients = self._wait_ready(guests, load_private_key(client_key.private_openssh))
         ready = len(clients)
         if ready < min_ready * n or ready == 0:
@@ -185,6 +187,21 @@ class Lab:
         self.bringup_seconds = time.monotonic() - t0
         self._record_footprint()
         return guests
+
+    def _write_inventory(self, guests: list[Guest]) -> None:
+        """``guests.json``: who is in the lab, for people and for ``scalelab fault``."""
+        inventory = {
+            "run_id": self.run_id,
+            "backend": self.backend.name,
+            "backend_options": self.backend.options,
+            "subnet": self.subnet,
+            "guests": [
+                {"name": g.name, "index": g.spec.index, "ip": g.spec.address, "mac": g.spec.mac,
+                 "host": g.host, "port": g.port, "lab_host": g.lab_host}
+                for g in guests
+            ],
+        }
+        (self.run_dir / "guests.json").write_text(json.dumps(inventory, indent=1) + "\n")
 
     def _wait_ready(self, guests: list[Guest], key: paramiko.PKey) -> dict[str, paramiko.SSHClient]:
         cfg = self.config

@@ -18,6 +18,7 @@ import pytest
 from harness.backends.base import Guest
 from harness.config import OPTIONS, LabConfig, build_config
 from harness.errors import LabError, UserError
+from harness.faults import Nemesis
 from harness.lab import Lab, preflight_lab
 from harness.session import Session
 from harness.ssh import Fleet
@@ -256,3 +257,13 @@ def quorum(request: pytest.FixtureRequest) -> float:
     """The share of guests that must succeed: ``@pytest.mark.quorum(0.95)``, else 1.0."""
     marker = request.node.get_closest_marker("quorum")
     return float(marker.args[0]) if marker and marker.args else 1.0
+
+
+@pytest.fixture
+def nemesis(lab: Lab, recorder: Recorder) -> Iterator[Nemesis]:
+    """Inject faults into this test's guests; each fault becomes a timed row."""
+    nem = Nemesis(lab.backend, recorder, lab.require_fleet())
+    try:
+        yield nem
+    finally:
+        nem.close()

@@ -426,7 +426,7 @@ class Fleet:
         keep = [n for n in names if n in self.clients]
         sub = Fleet({n: self.clients[n] for n in keep}, {n: self.guests[n] for n in keep},
                     self.max_workers)
-        sub.lost = {n: t for n, t in self.lost.items() if n in keep}
+        sub.lost = self.lost  # shared: a guest lost anywhere is lost everywhere
         return sub
 
     def map(

@@ -270,6 +270,9 @@ def _remove_links(group: list[Resource]) -> list[str]:
 
     namespaces = [r for r in group if r.kind == "netns" and exists(r)]
     links = [r for r in group if r.kind == "link"]
+    # Anything still living in one of our namespaces is ours (a guest whose pid never made
+    # it into the journal because its owner was killed mid-spawn): kill it first.
+    kill_in_namespaces([Path(f"/run/netns/{r.get('name')}") for r in namespaces])
     batch([f"netns delete {r.get('name')}" for r in namespaces])
     # A link recorded with the namespace its peer lives in goes away with that namespace.
     doomed = {r.get("name") for r in namespaces}
@@ -279,6 +282,35 @@ def _remove_links(group: list[Resource]) -> list[str]:
         time.sleep(0.02)
     batch([f"link del {r.get('name')}" for r in links if exists(r)])
     return [f"{r.kind} {r.get('name')} still exists" for r in group if exists(r)]
+
+
+def kill_in_namespaces(files: list[Path], timeout: float = 5.0) -> None:
+    """SIGKILL every process whose network namespace is one of ``files``."""
+    inodes = set()
+    for f in files:
+        with contextlib.suppress(OSError):
+            inodes.add(f.stat().st_ino)
+    if not inodes:
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        victims = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                if os.stat(proc / "ns/net").st_ino in inodes:
+                    victims.append(int(proc.name))
+            except OSError:
+                continue
+        if not victims or time.monotonic() > deadline:
+            return
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.02)
 
 
 def signal_process(pid: int, start: int | None) -> None:
@@ -314,9 +346,9 @@ def _remove_one(res: Resource) -> None:
         if path.exists() and not _mounted(str(path)):
             shutil.rmtree(path, ignore_errors=True)
     elif kind == "nft":
-        table = str(res.get("table"))
-        if _run(["nft", "list", "table", "inet", table]).returncode == 0:
-            _run(["nft", "delete", "table", "inet", table])
+        table, family = str(res.get("table")), str(res.get("family", "inet"))
+        if _run(["nft", "list", "table", family, table]).returncode == 0:
+            _run(["nft", "delete", "table", family, table])
     elif kind == "callback":
         # Backends with remote resources (xen) register an importable cleanup function.
         module, _, func = str(res.get("target")).partition(":")

@@ -120,7 +120,7 @@ class Cgroups:
 
 class NetnsBackend(Backend):
     name = "netns"
-    faults = frozenset({"kill", "pause", "isolate", "bandwidth"})
+    faults = frozenset({"kill", "pause", "isolate", "partition", "bandwidth"})
 
     def __init__(self, options: dict[str, str] | None = None) -> None:
         super().__init__(options)
@@ -129,6 +129,7 @@ class NetnsBackend(Backend):
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._resources: list[Any] = []
         self._isolated: set[str] = set()
+        self._partitioned = False
 
     # -- names ---------------------------------------------------------------------------
 
@@ -373,14 +374,38 @@ class NetnsBackend(Backend):
     def isolate(self, guests: Sequence[Guest], others: Sequence[Guest] | None = None) -> None:
         """Cut ``guests`` off the lab bridge (from the host and every other guest)."""
         if others:
-            raise FaultNotSupported(
-                "netns: partitions between groups use the nemesis' nftables partition"
-            )
+            self.partition(guests, others)
+            return
         lines = []
         for g in guests:
             lines.append(f"link set {self.veth_name(g.spec)} down")
             self._isolated.add(g.name)
         self._run_batch(lines)
+
+    @property
+    def nft_table(self) -> str:
+        return f"slp-{self.tag}"
+
+    def partition(self, side_a: Sequence[Guest], side_b: Sequence[Guest]) -> None:
+        """Drop bridged traffic between two groups with nftables (bridge family)."""
+        def elements(gs: Sequence[Guest]) -> str:
+            return ", ".join(f'"{self.veth_name(g.spec)}"' for g in gs)
+
+        ruleset = f"""
+table bridge {self.nft_table} {{
+  set side_a {{ type ifname; elements = {{ {elements(side_a)} }} }}
+  set side_b {{ type ifname; elements = {{ {elements(side_b)} }} }}
+  chain forward {{
+    type filter hook forward priority 0; policy accept;
+    iifname @side_a oifname @side_b drop
+    iifname @side_b oifname @side_a drop
+  }}
+}}
+"""
+        if not self._partitioned:
+            self._record("nft", family="bridge", table=self.nft_table)
+        self._run(["nft", "-f", "-"], ruleset)
+        self._partitioned = True
 
     def heal(self) -> None:
         by_name = {g.name: g for g in self.guests}
@@ -388,6 +413,9 @@ class NetnsBackend(Backend):
             [f"link set {self.veth_name(by_name[n].spec)} up" for n in sorted(self._isolated)]
         )
         self._isolated.clear()
+        if self._partitioned:
+            self._run(["nft", "delete", "table", "bridge", self.nft_table])
+            self._partitioned = False
 
     def limit_bandwidth(self, guest: Guest, rate: str) -> None:
         # tbf on both ends: host→guest on the host-side veth, guest→host inside the guest.
@@ -407,3 +435,36 @@ class NetnsBackend(Backend):
                  "tc", "qdisc", "del", "dev", "eth0", "root"]
             )
 
+
+
+def attach(run: str | None) -> tuple[NetnsBackend, Any]:
+    """A backend handle on a netns lab left up (for ``scalelab fault``), and a recorder that
+    appends to that run's timing stream."""
+    import json
+
+    from harness.backends.base import RunContext
+    from harness.identity import make_specs
+    from harness.state import list_states
+    from harness.store import Context, Store
+
+    states = [s for s in list_states() if s.header.get("backend") == "netns"]
+    if run:
+        states = [s for s in states if s.run_id == Path(run).name]
+    states = [s for s in states if s.kept or s.owner_alive]
+    if not states:
+        raise UserError("no netns lab is up here (see `scalelab ls`)")
+    state = states[-1]
+    run_dir = Path(str(state.header.get("run_dir")))
+    inventory = json.loads((run_dir / "guests.json").read_text())
+    backend = NetnsBackend(inventory.get("backend_options", {}))
+    backend.ctx = RunContext(state.run_id, state, run_dir, "")
+    backend.cgroups = Cgroups(state.run_id)
+    backend._partitioned = any(r.kind == "nft" for r in state.resources)
+    import ipaddress
+
+    subnet = ipaddress.IPv4Network(inventory["subnet"])
+    specs = make_specs(state.run_id, len(inventory["guests"]), subnet)
+    backend.guests = [Guest(s, s.address) for s in specs]
+    backend._isolated = {g.name for g in backend.guests}  # heal brings every link up
+    store = Store(run_dir, Context(run_id=state.run_id, scenario="manual-faults"))
+    return backend, store.scoped()

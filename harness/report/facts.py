@@ -14,7 +14,7 @@ import pandas as pd
 
 from harness.report.rundata import RUN_INFO, RunData
 from harness.report.summary import Knee, success_rate, workload_rows
-from harness.report.templating import fmt_duration, fmt_percent
+from harness.report.templating import fmt_bytes, fmt_duration, fmt_percent
 from harness.report.zones import format_time, offsets_in_span, zone_name
 from harness.store import METRICS_PARQUET, METRICS_STREAM, TIMINGS_PARQUET, TIMINGS_STREAM
 
@@ -71,13 +71,15 @@ def environment_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
     if isinstance(machine, dict):
         for key, value in machine.items():
             if key == "memory_bytes" and isinstance(value, int | float):
-                value = f"{value / 2**30:.1f} GiB"
+                value = fmt_bytes(value)
             add(f"machine {key}", value)
     for key in ("kernel", "python", "git_commit"):
         add(key.replace("_", " "), info.get(key))
     image = info.get("image")
     if isinstance(image, dict):
         for key, value in image.items():
+            if key in {"size", "size_bytes"} and isinstance(value, int | float):
+                value = fmt_bytes(value)
             add(f"image {key}", value)
     packages = info.get("packages")
     if isinstance(packages, dict):
@@ -138,8 +140,13 @@ def run_summary(data: RunData, zone: dt.tzinfo, knee_list: list[Knee]) -> list[t
     outcome = info.get("outcome")
     if isinstance(outcome, dict) and outcome:
         rows.append(("tests", ", ".join(f"{v} {k}" for k, v in outcome.items())))
-    for knee in knee_list:
+    curves = [k for k in knee_list if not k.single_n]
+    for knee in curves:
         rows.append((f"scaling knee: {knee.title}", knee.text))
+    if knee_list and not curves:
+        rows.append(
+            ("scaling knee", "one N per scenario: sweep N (e.g. --guests=8,16,32) for a curve")
+        )
     return rows
 
 

@@ -34,6 +34,7 @@ MAX_SCATTER = 20_000
 MIN_FAILURE_POINTS = 200
 CDF_POINTS = 512
 MAX_METRICS = 6
+MIN_SERIES_SAMPLES = 3
 METRIC_BINS = 200
 MAX_GUEST_LINES = 8
 
@@ -293,7 +294,9 @@ def latency_over_time(
     handles: list[Patch | Line2D] = []
     for n, colour in colours.items():
         m = ok & (ns == n)
-        ax.scatter(x[m], yv[m], s=4, color=colour, alpha=0.6, lw=0, rasterized=big, zorder=2)
+        ax.scatter(
+            x[m], yv[m], s=4 if big else 12, color=colour, alpha=0.6, lw=0, rasterized=big, zorder=2
+        )
         handles.append(Line2D([], [], marker="o", ls="", color=colour, label=f"N={n}"))
     if (~ok).any():
         ax.scatter(
@@ -327,15 +330,30 @@ def _gapped(t: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.insert(t, cut + 1, np.nan), np.insert(v, cut + 1, np.nan)
 
 
+def time_series_metrics(metrics: pd.DataFrame) -> list[str]:
+    """Metrics worth a plot over time: sampled at least MIN_SERIES_SAMPLES times by some guest.
+
+    Most used first, at most MAX_METRICS. A metric reported once per guest (a result, not a
+    series) belongs in the table, where a lone dot on a time axis would say nothing.
+    """
+    if metrics.empty:
+        return []
+    per_guest = metrics.groupby(["metric", "guest"], observed=True).size()
+    longest = per_guest.groupby(level="metric", observed=True).max()
+    total = per_guest.groupby(level="metric", observed=True).sum()
+    series = total[longest >= MIN_SERIES_SAMPLES].sort_values(ascending=False, kind="stable")
+    return [str(m) for m in series.index[:MAX_METRICS]]
+
+
 def metrics_figure(
     metrics: pd.DataFrame,
     zone: dt.tzinfo,
     faults: pd.DataFrame,
     lost: pd.DataFrame,
+    shown: Sequence[str],
 ) -> Figure:
-    """One panel per agent metric over time: a line per guest, or median and p5–p95 when many."""
-    names = metrics.groupby("metric", observed=True).size().sort_values(ascending=False)
-    shown = sorted(str(m) for m in names.index[:MAX_METRICS])
+    """One panel per metric in ``shown`` over time: a line per guest, or median and p5–p95."""
+    metrics = metrics[metrics["metric"].isin(list(shown))]
     fig = new_figure(12.0, 0.6 + 2.3 * len(shown))
     axes = fig.subplots(len(shown), 1, sharex=True, squeeze=False)[:, 0]
     start, end = metrics["t"].min(), metrics["t"].max()
@@ -353,7 +371,7 @@ def metrics_figure(
         if len(guests) <= MAX_GUEST_LINES:
             for guest in sorted(guests):
                 sel = (m["guest"] == guest).to_numpy()
-                ax.plot(*_gapped(t[sel], v[sel]), lw=1, label=str(guest) or "(lab)")
+                ax.plot(*_gapped(t[sel], v[sel]), ".-", ms=3, lw=1, label=str(guest) or "(lab)")
         else:
             # Many guests: bin time and draw the spread, not hundreds of lines.
             edges = np.linspace(lo, hi, METRIC_BINS + 1)
@@ -386,6 +404,5 @@ def metrics_figure(
         )
     for ax in axes[:-1]:
         ax.set_xlabel("")
-    more = f" (top {MAX_METRICS} of {len(names)} metrics)" if len(names) > MAX_METRICS else ""
-    fig.suptitle(f"agent metrics over time{more}")
+    fig.suptitle("agent metrics over time")
     return fig

@@ -16,11 +16,13 @@ from harness.report.rundata import RunData, load_run
 from harness.report.scenarios import base_scenario
 from harness.report.summary import (
     Knee,
+    bringup_rows,
     bringup_stats,
     failures,
     fault_rows,
     knees,
     lost_guests,
+    metric_table,
     series_stats,
     workload_rows,
 )
@@ -88,15 +90,16 @@ def _scenario_sections(
         knee = knee_of.get(title)
         section = ScenarioSection(title, f"s-{name}", str(op), _records(g), knee)
         # Build and save one figure at a time: only one is ever held in memory.
-        section.plots.append(
-            save_figure(
-                plots.scaling_figure(g, knee, title),
-                out,
-                f"{name}-scaling",
-                "latency, throughput and efficiency vs N",
-                CAPTION_SCALING,
+        if len(g) > 1:  # a scaling curve needs at least two N
+            section.plots.append(
+                save_figure(
+                    plots.scaling_figure(g, knee, title),
+                    out,
+                    f"{name}-scaling",
+                    "latency, throughput and efficiency vs N",
+                    CAPTION_SCALING,
+                )
             )
-        )
         section.plots.append(
             save_figure(
                 plots.distribution_figure(rows, title),
@@ -125,7 +128,7 @@ def _bringup_plots(timings: pd.DataFrame, tc: TimeContext, out: Path) -> tuple[l
     With more than MAX_GANTTS bring-ups only the largest N of each scenario is drawn: that is
     where contention shows, and the table above has the numbers of the others.
     """
-    bu = timings[timings["phase"] == "bringup"]
+    bu = bringup_rows(timings)
     groups = [
         (base_scenario(str(scenario)), cast(int, n), g)
         for (scenario, n), g in bu.groupby(["scenario", "n_guests"], sort=False, observed=True)
@@ -139,7 +142,7 @@ def _bringup_plots(timings: pd.DataFrame, tc: TimeContext, out: Path) -> tuple[l
     for base, n, g in groups:
         label = f"{base}, N={n}" if base else f"N={n}"
         fig = plots.bringup_gantt(g, tc.zone, tc.faults, tc.lost, f"bring-up timeline, {label}")
-        name = slug(f"bringup-{base}-n{n}")
+        name = slug(f"gantt-{base}-n{n}")
         written.append(save_figure(fig, out, name, f"bring-up, {label}", CAPTION_GANTT))
     return written, skipped
 
@@ -179,8 +182,9 @@ def render_report(run_dir: Path, tz: str | None = None, out_dir: Path | None = N
     sections = _scenario_sections(data, stats, knee_list, tc, out)
     gantts, gantts_skipped = _bringup_plots(t, tc, out)
     metrics_plot = None
-    if not data.metrics.empty:
-        fig = plots.metrics_figure(data.metrics, zone, tc.faults, tc.lost)
+    series = plots.time_series_metrics(data.metrics)
+    if series:
+        fig = plots.metrics_figure(data.metrics, zone, tc.faults, tc.lost, series)
         metrics_plot = save_figure(fig, out, "metrics", "agent metrics over time", CAPTION_METRICS)
     written = [p for s in sections for p in s.plots] + gantts
     _drop_stale_plots(out, [*written, metrics_plot] if metrics_plot else written)
@@ -203,7 +207,8 @@ def render_report(run_dir: Path, tz: str | None = None, out_dir: Path | None = N
         lost=_records(tc.lost),
         faults=_records(tc.faults),
         metrics_plot=metrics_plot,
-        metric_names=sorted(data.metrics["metric"].unique()) if not data.metrics.empty else [],
+        metric_series=series,
+        metric_table=_records(metric_table(data.metrics)),
         environment=environment_rows(data.info),
         files=raw_files(run_dir, out),
     )

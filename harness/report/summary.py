@@ -94,6 +94,7 @@ class Knee:
     title: str
     n: int | None
     text: str
+    single_n: bool = False
 
 
 def find_knee(
@@ -120,7 +121,7 @@ def knees(stats: pd.DataFrame, growth: float = KNEE_GROWTH) -> list[Knee]:
         thr = [float(t) for t in g["throughput"]]
         pct = f"{growth:.0%}"
         if len(ns) < 2:
-            out.append(Knee(str(title), None, f"one N only ({ns[0]}): no scaling curve"))
+            out.append(Knee(str(title), None, f"one N only ({ns[0]}): no scaling curve", True))
             continue
         n = find_knee(ns, thr, growth)
         if n is None:
@@ -132,9 +133,14 @@ def knees(stats: pd.DataFrame, growth: float = KNEE_GROWTH) -> list[Knee]:
     return out
 
 
+def bringup_rows(timings: pd.DataFrame) -> pd.DataFrame:
+    """Per-guest bring-up steps (lab-wide rows such as a total, with no guest, left out)."""
+    return timings[(timings["phase"] == "bringup") & (timings["guest"] != "")]
+
+
 def bringup_stats(timings: pd.DataFrame) -> pd.DataFrame:
     """Per (scenario, N) bring-up: per-guest time to ready and the wall time until all were."""
-    bu = timings[timings["phase"] == "bringup"]
+    bu = bringup_rows(timings)
     cols = [
         "scenario",
         "n_guests",
@@ -260,3 +266,22 @@ def success_rate(timings: pd.DataFrame) -> float | None:
     """Share of successful workload operations; None when the run had none."""
     wl = workload_rows(timings)
     return float(wl["ok"].mean()) if len(wl) else None
+
+
+def metric_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Agent metrics summarised per (scenario, metric, unit): guests, samples and spread."""
+    cols = ["scenario", "metric", "unit", "guests", "samples", "min", "median", "mean", "max"]
+    if metrics.empty:
+        return pd.DataFrame(columns=cols)
+    g = metrics.groupby(["scenario", "metric", "unit"], observed=True, sort=True)
+    out = g.agg(
+        guests=("guest", "nunique"),
+        samples=("value", "size"),
+        min=("value", "min"),
+        median=("value", "median"),
+        mean=("value", "mean"),
+        max=("value", "max"),
+    )
+    out = out.reset_index()
+    out["base"] = out["scenario"].map(lambda s: base_scenario(str(s))).astype(str)
+    return out.sort_values(["base", "metric"], kind="stable")[cols]

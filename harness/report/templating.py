@@ -64,6 +64,29 @@ def fmt_duration(seconds: Any) -> str:
     return f"{h} h {m:02d} min {sec:02d} s" if h else f"{m} min {sec:02d} s"
 
 
+def fmt_metric(value: Any, unit: Any) -> str:
+    """A metric value with its unit: bytes as KiB/MiB/…, latencies as ms, else 4 digits."""
+    if _missing(value):
+        return "–"
+    u = "" if _missing(unit) else str(unit)
+    if u.lower() in {"b", "bytes"}:
+        return fmt_bytes(value)
+    if u.lower() in {"b/s", "bytes/s"}:
+        return fmt_bytes(value) + "/s"
+    if u == "s":
+        return fmt_latency(value)
+    return f"{fmt_si(value)} {u}".rstrip()
+
+
+def fmt_si(value: Any) -> str:
+    """``241.4 k``-style numbers so a million does not print as ``1e+06``."""
+    v = float(value)
+    for factor, prefix in ((1e12, " T"), (1e9, " G"), (1e6, " M"), (1e3, " k")):
+        if abs(v) >= factor:
+            return f"{v / factor:.4g}{prefix}"
+    return f"{v:.4g}"
+
+
 def fmt_bytes(n: Any) -> str:
     if _missing(n):
         return "–"
@@ -94,6 +117,7 @@ def environment(zone: dt.tzinfo) -> jinja2.Environment:
         signed_pct=fmt_signed_percent,
         duration=fmt_duration,
         bytes=fmt_bytes,
+        metric=fmt_metric,
         slug=slug,
     )
     return env

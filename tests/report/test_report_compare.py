@@ -61,7 +61,7 @@ def test_outputs_written(runs: dict[str, Path], tmp_path: Path) -> None:
     assert (tmp_path / "out" / "compare.txt").read_text() == result.text
     html = result.html_path.read_text()
     assert "run-base" in html and "run-slower" in html
-    assert html.count('<span class="bad">p50, p95, throughput</span>') == 3
+    assert html.count('<td class="num bad">') == 9  # p50, p95 and throughput at 3 N
     assert not re.search(r"""(?:src|href)\s*=\s*["']?(?:https?:)?//""", html)
     for src in re.findall(r'<img src="([^"]+)"', html):
         assert src.startswith("data:image/png;base64,")

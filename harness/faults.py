@@ -1,0 +1,234 @@
+"""The nemesis: faults injected into running guests, each one recorded as a timed row.
+
+Every fault is a row with ``phase="fault"``, ``op`` its kind, ``guest`` its target and
+``start``/``end`` its window, so the report can draw it as a band behind the timing plots
+(Jepsen does this).  A killed guest is also recorded as ``phase="lost"`` and removed from
+the fleet, so the rest of the run goes on without it.
+
+Which faults a backend supports is in its ``faults`` set; asking for another one raises
+``FaultNotSupported`` naming the backend.  netem (delay, loss) is not in this host's
+kernel, so bandwidth limits use tc ``tbf`` only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.backends.base import Backend, FaultNotSupported, Guest
+from harness.errors import UserError
+from harness.ssh import Fleet
+from harness.store import Recorder
+
+#: What each backend can do, for the README's table and for clear refusals.
+FAULT_KINDS = ("kill", "pause", "isolate", "partition", "bandwidth")
+
+
+def netem_available() -> bool:
+    """Whether this kernel has sch_netem (delay/loss); this host's kernel does not."""
+    res = subprocess.run(["modprobe", "-n", "sch_netem"], capture_output=True, check=False)
+    return res.returncode == 0
+
+
+@dataclass
+class _Open:
+    kind: str
+    guests: list[str]
+    start_ns: int
+    detail: str = ""
+
+
+@dataclass
+class Nemesis:
+    """Inject faults into a lab's guests through its backend."""
+
+    backend: Backend
+    recorder: Recorder
+    fleet: Fleet | None = None
+    open: list[_Open] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _guest(self, name: str) -> Guest:
+        for g in self.backend.guests:
+            if g.name == name:
+                return g
+        raise UserError(f"no guest {name!r} in this lab")
+
+    def _require(self, kind: str) -> None:
+        if kind not in self.backend.faults:
+            raise FaultNotSupported(
+                f"the {self.backend.name} backend cannot inject '{kind}' faults "
+                f"(it supports: {', '.join(sorted(self.backend.faults)) or 'none'})"
+            )
+
+    def _begin(self, kind: str, guests: Sequence[str], detail: str = "") -> _Open:
+        f = _Open(kind, list(guests), time.time_ns(), detail)
+        with self._lock:
+            self.open.append(f)
+        return f
+
+    def _end(self, f: _Open) -> None:
+        end = time.time_ns()
+        with self._lock:
+            if f in self.open:
+                self.open.remove(f)
+        for name in f.guests:
+            self.recorder.timing(f.kind, f.start_ns, end, guest=name, phase="fault",
+                                 error=f.detail or None)
+
+    # -- faults ----------------------------------------------------------------------------
+
+    def kill(self, names: Sequence[str]) -> None:
+        """Kill guests outright; they are lost for the rest of the run."""
+        self._require("kill")
+        t = time.time_ns()
+        for name in names:
+            self.backend.kill(self._guest(name))
+            now = time.time_ns()
+            self.recorder.timing("kill", t, now, guest=name, phase="fault")
+            self.recorder.timing("lost", now, now, guest=name, phase="lost", ok=False,
+                                 error_class="lost", error="killed by the nemesis")
+            if self.fleet is not None:
+                self.fleet.lost.setdefault(name, now)
+                client = self.fleet.clients.get(name)
+                if client is not None:
+                    with contextlib.suppress(Exception):
+                        client.close()
+
+    @contextlib.contextmanager
+    def paused(self, names: Sequence[str]) -> Iterator[None]:
+        """Freeze guests for the ``with`` block (every process stopped, sockets kept)."""
+        self._require("pause")
+        f = self._begin("pause", names)
+        for n in names:
+            self.backend.pause(self._guest(n))
+        try:
+            yield
+        finally:
+            for n in names:
+                self.backend.resume(self._guest(n))
+            self._end(f)
+
+    @contextlib.contextmanager
+    def isolated(self, names: Sequence[str]) -> Iterator[None]:
+        """Cut guests off the lab network for the ``with`` block."""
+        self._require("isolate")
+        f = self._begin("isolate", names)
+        self.backend.isolate([self._guest(n) for n in names])
+        try:
+            yield
+        finally:
+            self.backend.heal()
+            self._end(f)
+
+    @contextlib.contextmanager
+    def partitioned(self, side_a: Sequence[str], side_b: Sequence[str]) -> Iterator[None]:
+        """Drop all traffic between two groups of guests (each group still talks inside)."""
+        self._require("partition")
+        partition = getattr(self.backend, "partition", None)
+        if partition is None:
+            raise FaultNotSupported(f"the {self.backend.name} backend cannot partition")
+        f = self._begin("partition", [*side_a, *side_b],
+                        f"{','.join(side_a)} | {','.join(side_b)}")
+        partition([self._guest(n) for n in side_a], [self._guest(n) for n in side_b])
+        try:
+            yield
+        finally:
+            self.backend.heal()
+            self._end(f)
+
+    @contextlib.contextmanager
+    def bandwidth(self, names: Sequence[str], rate: str) -> Iterator[None]:
+        """Limit guests' bandwidth (tc tbf, both directions) for the ``with`` block."""
+        self._require("bandwidth")
+        f = self._begin("bandwidth", names, rate)
+        for n in names:
+            self.backend.limit_bandwidth(self._guest(n), rate)
+        try:
+            yield
+        finally:
+            for n in names:
+                self.backend.unlimit_bandwidth(self._guest(n))
+            self._end(f)
+
+    def delay(self, names: Sequence[str], ms: float) -> None:
+        """Delay needs netem, which this kernel lacks: say so rather than pretend."""
+        if not netem_available():
+            raise FaultNotSupported("delay and loss need tc netem (sch_netem), which this "
+                                    "kernel does not have; use bandwidth limits instead")
+        raise FaultNotSupported("delay is not implemented yet")
+
+    # -- schedules -------------------------------------------------------------------------
+
+    def schedule(self, plan: Sequence[tuple[float, str, Sequence[str], float]]) -> threading.Thread:
+        """Run ``(at_seconds, kind, guests, duration_seconds)`` faults in a background thread.
+
+        ``kind`` is kill, pause, isolate or bandwidth:<rate>.  Returns the started thread;
+        join it to wait for the plan to finish.
+        """
+        t0 = time.monotonic()
+
+        def run() -> None:
+            for at, kind, names, duration in sorted(plan, key=lambda p: p[0]):
+                time.sleep(max(0.0, t0 + at - time.monotonic()))
+                cm: Any
+                if kind == "kill":
+                    self.kill(names)
+                    continue
+                if kind == "pause":
+                    cm = self.paused(names)
+                elif kind == "isolate":
+                    cm = self.isolated(names)
+                elif kind.startswith("bandwidth:"):
+                    cm = self.bandwidth(names, kind.split(":", 1)[1])
+                else:
+                    raise UserError(f"unknown fault {kind!r}")
+                with cm:
+                    time.sleep(duration)
+
+        thread = threading.Thread(target=run, name="nemesis", daemon=True)
+        thread.start()
+        return thread
+
+    def close(self) -> None:
+        """Record faults still open (a run that ended inside one) as ending now."""
+        for f in list(self.open):
+            self._end(f)
+
+
+def cli_fault(args: Any) -> int:
+    """``scalelab fault ACTION GUEST...`` against a lab left up (netns backend)."""
+    from harness.backends.netns import attach
+
+    backend, recorder = attach(args.run)
+    nem = Nemesis(backend, recorder)
+    names = list(args.guests)
+    if args.action != "heal" and not names:
+        raise UserError(f"scalelab fault {args.action}: name at least one guest")
+    if args.action == "kill":
+        nem.kill(names)
+    elif args.action == "pause":
+        nem._require("pause")
+        for n in names:
+            backend.pause(nem._guest(n))
+    elif args.action == "resume":
+        for n in names:
+            backend.resume(nem._guest(n))
+    elif args.action == "isolate":
+        nem._require("isolate")
+        backend.isolate([nem._guest(n) for n in names])
+    elif args.action == "heal":
+        backend.heal()
+    elif args.action == "limit":
+        for n in names:
+            backend.limit_bandwidth(nem._guest(n), args.rate)
+    elif args.action == "unlimit":
+        for n in names:
+            backend.unlimit_bandwidth(nem._guest(n))
+    print(f"{args.action}: {' '.join(names) or 'all'} done")
+    return 0
