@@ -11,7 +11,7 @@ import ipaddress
 import json
 import subprocess
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives import serialization
@@ -207,7 +207,7 @@ def make_specs(
 def preflight(specs: Sequence[GuestSpec]) -> None:
     """Fail, naming the guests, if any two share a name, MAC, IP, machine-id or host key."""
     problems = []
-    checks = {
+    checks: dict[str, Callable[[GuestSpec], str]] = {
         "hostname": lambda s: s.name,
         "MAC": lambda s: s.mac.lower(),
         "IP": lambda s: s.address,

@@ -6,10 +6,11 @@ lab fixture, so the plugin is harmless in test suites that do not use it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from harness.backends.base import Guest
 from harness.config import OPTIONS, LabConfig, build_config
 from harness.errors import LabError, UserError
 from harness.faults import Nemesis
-from harness.lab import Lab, preflight_lab
+from harness.lab import Lab, ensure_image, preflight_lab
 from harness.session import Session
 from harness.ssh import Fleet
 from harness.store import Recorder
@@ -71,26 +72,29 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("n_guests", sweep, ids=[f"n={n}" for n in sweep], scope="function")
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    outcome = yield
-    report: pytest.TestReport = outcome.get_result()
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
     counts = item.config.stash.get(_OUTCOME_KEY, None)
     if counts is None:
-        return
+        return report
     if report.when == "call":
         counts[report.outcome] = counts.get(report.outcome, 0) + 1
     elif report.failed:
         counts["error"] += 1
     elif report.skipped and report.when == "setup":
         counts["skipped"] += 1
+    return report
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     s = session.config.stash.get(_SESSION_KEY, None)
     if s is None:
         return
-    problems = s.finish(outcome=dict(session.config.stash[_OUTCOME_KEY]))
+    counts: dict[str, int] = session.config.stash[_OUTCOME_KEY]
+    problems = s.finish(outcome=dict(counts))
     tr = session.config.pluginmanager.get_plugin("terminalreporter")
     if tr is not None:
         for p in problems:
@@ -175,26 +179,59 @@ def scalelab_session(request: pytest.FixtureRequest, lab_config: LabConfig) -> S
 
 
 @pytest.fixture(scope="session")
-def lab(scalelab_session: Session, lab_config: LabConfig) -> Iterator[Lab]:
-    """The guests of this run, brought up once (the largest N of a sweep) and taken down
-    at the end of the session, whatever happened."""
+def _lab_pool(scalelab_session: Session, lab_config: LabConfig) -> Iterator[dict[str, Lab]]:
+    """Labs of this session, one per image: brought up on first use, taken down at the end
+    (or kept with --keep-guests)."""
+    pool: dict[str, Lab] = {}
     try:
-        the_lab = scalelab_session.lab_up(lab_config.max_guests)
-    except UserError as err:
-        pytest.exit(f"scalelab: {err}", returncode=pytest.ExitCode.USAGE_ERROR)
-    except LabError as err:
-        pytest.fail(f"scalelab: {err}", pytrace=False)
-    try:
-        yield the_lab
+        yield pool
     finally:
-        if lab_config.keep_guests:
-            the_lab.keep()
-            sys.stderr.write(
-                f"\nscalelab: lab kept up; ssh -F {the_lab.run_dir}/ssh_config "
-                f"{the_lab.guests[0].name}; take it down with `scalelab down`\n"
-            )
-        else:
-            the_lab.stop()
+        for the_lab in pool.values():
+            if lab_config.keep_guests:
+                the_lab.keep()
+                sys.stderr.write(
+                    f"\nscalelab: lab kept up; ssh -F {the_lab.run_dir}/ssh_config "
+                    f"{the_lab.guests[0].name}; take it down with `scalelab down`\n"
+                )
+            else:
+                the_lab.stop()
+
+
+def _recipe_of(request: pytest.FixtureRequest) -> Path | None:
+    marker = request.node.get_closest_marker("recipe")
+    if marker is None or not marker.args:
+        return None
+    path = Path(str(marker.args[0]))
+    if not path.is_absolute():
+        path = Path(str(request.node.path)).parent / path
+    return path.resolve()
+
+
+@pytest.fixture
+def lab(request: pytest.FixtureRequest, _lab_pool: dict[str, Lab],
+        scalelab_session: Session, lab_config: LabConfig) -> Lab:
+    """The guests of this run, brought up once (for the largest N of a sweep) and taken
+    down at the end of the session, whatever happened.  A scenario marked
+    ``@pytest.mark.recipe("file.toml")`` gets a lab of that recipe's image instead."""
+    recipe = _recipe_of(request)
+    key = str(recipe) if recipe else ""
+    if key not in _lab_pool:
+        try:
+            if recipe is None:
+                the_lab = scalelab_session.lab_up(lab_config.max_guests)
+            else:
+                image = ensure_image(
+                    dataclasses.replace(lab_config, recipe=str(recipe), image=None)
+                )
+                the_lab = scalelab_session.lab_up(
+                    lab_config.max_guests, sub=f"recipe-{image.key}", image=image
+                )
+        except UserError as err:
+            pytest.exit(f"scalelab: {err}", returncode=pytest.ExitCode.USAGE_ERROR)
+        except LabError as err:
+            pytest.fail(f"scalelab: {err}", pytrace=False)
+        _lab_pool[key] = the_lab
+    return _lab_pool[key]
 
 
 @pytest.fixture

@@ -40,7 +40,9 @@ def make_run_dir(reports_dir: Path, run_id: str) -> Path:
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
-        raise UserError(f"cannot write the reports directory {reports_dir}: {exc.strerror}") from None
+        raise UserError(
+            f"cannot write the reports directory {reports_dir}: {exc.strerror}"
+        ) from None
     return run_dir
 
 

@@ -65,18 +65,19 @@ class Session:
         return self.store.scoped(scenario=scenario, n_guests=n_guests)
 
     def lab_up(self, n: int, *, scenario: str = "bringup", sub: str | None = None,
-               min_ready: float = 1.0) -> Lab:
+               min_ready: float = 1.0, image: Image | None = None) -> Lab:
         """Bring up a lab of ``n`` guests inside this run (``sub`` names a side lab)."""
         run_id = self.run_id if sub is None else f"{self.run_id}-{sub}"
         lab_dir = self.run_dir if sub is None else self.run_dir / "labs" / sub
         lab_dir.mkdir(parents=True, exist_ok=True)
         lab = Lab(
             self.config, run_id, lab_dir, self.recorder(scenario, n), progress=self.progress,
-            image=self.image,
+            image=image or self.image,
         )
         self.labs.append(lab)
         lab.start(n, min_ready=min_ready)
-        self.image = lab.image
+        if image is None:
+            self.image = lab.image
         if sub is None:
             self.info.update(lab.describe())
             write_run_json(self.run_dir, self.info)

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import paramiko
 
@@ -210,6 +210,9 @@ def connect_ready(
     """
     deadline = time.monotonic() + opts.timeout
     delay = opts.backoff_start
+    # paramiko looks the host key up as "name" on port 22 and "[name]:port" elsewhere.
+    connect_name = guest.host if guest.port == 22 and guest.jump is None else guest.name
+    lookup_name = connect_name if guest.port == 22 else f"[{connect_name}]:{guest.port}"
     t0 = time.time_ns()
     last: BaseException | None = None
     while True:
@@ -227,16 +230,19 @@ def connect_ready(
         t_tcp = time.time_ns()
         timed = _TimedSocket(sock) if isinstance(sock, socket.socket) else sock
         client = paramiko.SSHClient()
-        client._host_keys = host_keys  # shared, read-only: every key pinned before boot
+        # Only this guest's pinned key, under the name paramiko will look it up by.
+        own = client.get_host_keys()
+        for keytype, hostkey in (host_keys.lookup(lookup_name) or {}).items():
+            own.add(lookup_name, keytype, hostkey)
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
         try:
             with gate.slot():
                 client.connect(
-                    guest.host if guest.port == 22 and guest.jump is None else guest.name,
+                    connect_name,
                     port=guest.port,
                     username="root",
                     pkey=key,
-                    sock=timed,
+                    sock=cast(Any, timed),
                     look_for_keys=False,
                     allow_agent=False,
                     # `timeout` bounds the whole key exchange here (the socket is ours):

@@ -342,9 +342,9 @@ def _remove_one(res: Resource) -> None:
             if out.returncode != 0 and _loop_backing(dev) == backing:
                 raise RuntimeError(out.stderr.strip())
     elif kind == "dir":
-        path = Path(str(res.get("path")))
-        if path.exists() and not _mounted(str(path)):
-            shutil.rmtree(path, ignore_errors=True)
+        directory = Path(str(res.get("path")))
+        if directory.exists() and not _mounted(str(directory)):
+            shutil.rmtree(directory, ignore_errors=True)
     elif kind == "nft":
         table, family = str(res.get("table")), str(res.get("family", "inet"))
         if _run(["nft", "list", "table", family, table]).returncode == 0:

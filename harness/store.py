@@ -254,10 +254,10 @@ class Recorder:
 
     def timings(self) -> pd.DataFrame:
         """Every timing row of the run so far (all scenarios), as a DataFrame."""
-        return read_stream(self.store.run_dir / TIMINGS_STREAM, TIMINGS_SCHEMA).to_pandas()
+        return _frame(read_stream(self.store.run_dir / TIMINGS_STREAM, TIMINGS_SCHEMA))
 
     def metrics(self) -> pd.DataFrame:
-        return read_stream(self.store.run_dir / METRICS_STREAM, METRICS_SCHEMA).to_pandas()
+        return _frame(read_stream(self.store.run_dir / METRICS_STREAM, METRICS_SCHEMA))
 
 
 def read_stream(path: Path, schema: pa.Schema) -> pa.Table:
@@ -311,11 +311,16 @@ def write_parquet(run_dir: Path) -> tuple[Path, Path]:
 def load_timings(run_dir: Path) -> pd.DataFrame:
     """The timings of a run: from Parquet when written, else rebuilt from the stream."""
     if (run_dir / TIMINGS_PARQUET).exists():
-        return pq.read_table(run_dir / TIMINGS_PARQUET).to_pandas()
-    return read_stream(run_dir / TIMINGS_STREAM, TIMINGS_SCHEMA).to_pandas()
+        return _frame(pq.read_table(run_dir / TIMINGS_PARQUET))
+    return _frame(read_stream(run_dir / TIMINGS_STREAM, TIMINGS_SCHEMA))
 
 
 def load_metrics(run_dir: Path) -> pd.DataFrame:
     if (run_dir / METRICS_PARQUET).exists():
-        return pq.read_table(run_dir / METRICS_PARQUET).to_pandas()
-    return read_stream(run_dir / METRICS_STREAM, METRICS_SCHEMA).to_pandas()
+        return _frame(pq.read_table(run_dir / METRICS_PARQUET))
+    return _frame(read_stream(run_dir / METRICS_STREAM, METRICS_SCHEMA))
+
+
+def _frame(table: pa.Table) -> pd.DataFrame:
+    df: pd.DataFrame = table.to_pandas()
+    return df

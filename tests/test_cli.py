@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from leaks import PROJECT, snapshot
 
 from harness.identity import host_routes
 from harness.image.cache import Image
-from leaks import PROJECT, snapshot
 
 pytestmark = pytest.mark.integration
 

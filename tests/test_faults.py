@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from leaks import PROJECT, snapshot
 
 from harness.config import build_config
 from harness.faults import Nemesis
@@ -20,8 +21,7 @@ from harness.image.cache import Image
 from harness.lab import Lab
 from harness.quorum import QuorumNotMet, check_quorum
 from harness.session import Session
-from harness.workloads import REMOTE_DIR, Agents, roundtrip
-from leaks import PROJECT, snapshot
+from harness.workloads import REMOTE_DIR, Agents
 
 pytestmark = pytest.mark.integration
 
@@ -170,7 +170,8 @@ def test_quorum_fails_when_too_many_fail() -> None:
     from harness.ssh import GroupResult, GuestError
 
     g = GroupResult(results={"a": 1, "b": 2},
-                    errors={"c": GuestError("c", "lost", "x"), "d": GuestError("d", "timeout", "y")})
+                    errors={"c": GuestError("c", "lost", "x"),
+                            "d": GuestError("d", "timeout", "y")})
     with pytest.raises(QuorumNotMet, match=r"2/4 guests succeeded \(50%\).*lost: 1"):
         check_quorum(g, 0.8)
     assert check_quorum(g, 0.5) == 0.5

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from leaks import PROJECT, snapshot
 
 from harness.image.cache import Image
-from leaks import PROJECT, snapshot
 
 pytestmark = pytest.mark.integration
 

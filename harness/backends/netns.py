@@ -15,12 +15,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.backends.base import Backend, FaultNotSupported, Guest, RunContext, now_ns
+from harness.backends.base import Backend, Guest, RunContext, now_ns
 from harness.errors import LabError, UserError
 from harness.guestfiles import write_guest_files
 from harness.identity import GuestSpec, run_tag
@@ -154,10 +155,10 @@ class NetnsBackend(Backend):
         if os.geteuid() != 0:
             raise UserError("the netns backend needs root (namespaces, mounts, veth): run as root")
         for tool in ("ip", "nsenter", "unshare", "mount"):
-            if not any(
-                Path(d, tool).exists() for d in os.environ.get("PATH", "/usr/bin").split(":")
-            ):
-                raise UserError(f"the netns backend needs `{tool}`: apt-get install iproute2 util-linux")
+            if shutil.which(tool) is None:
+                raise UserError(
+                    f"the netns backend needs `{tool}`: apt-get install iproute2 util-linux"
+                )
         upper = self.options.get("upper", "tmpfs")
         if upper not in ("tmpfs", "disk"):
             raise UserError(f"netns option upper={upper!r}: use upper=tmpfs or upper=disk")
@@ -244,13 +245,16 @@ class NetnsBackend(Backend):
         ]
         sshd = "/usr/sbin/sshd -D -e -f /etc/scalelab/sshd_config"
         if services:
-            lines.append("mkdir -p /var/log/scalelab")
             lines.append(f"{sshd} &")
+            lines.append("sshd_pid=$!")
             for i, svc in enumerate(services):
+                # The service's output goes to the guest's log on the host, line-prefixed.
                 lines.append(
-                    f"(exec /bin/sh -c {q(svc)}) >/var/log/scalelab/service{i}.log 2>&1 </dev/null &"
+                    f"(/bin/sh -c {q(svc)} </dev/null 2>&1 | "
+                    f"while IFS= read -r l; do echo \"[service {i}] $l\"; done) &"
                 )
-            lines.append("while :; do wait; done")
+            # PID 1 lives as long as sshd, reaping every orphan meanwhile (dash's wait).
+            lines.append('wait "$sshd_pid"')
         else:
             lines.append(f"exec {sshd}")
         return "\n".join(lines) + "\n"

@@ -13,8 +13,9 @@ copied to dom0.  Domain configs are rendered from ``templates/xl.cfg.j2``.
 Options (``?k=v&...``): ``known_hosts`` (file pinning dom0's host key), ``key`` (private key
 for dom0), ``bridge`` (default xenbr0), ``memory`` (MiB per domU, default 256), ``vcpus``,
 ``disk`` (writable disk MiB, default 64), ``workdir`` (on dom0, default /var/lib/scalelab/xen),
-``parallel`` (concurrent ``xl create``), ``connect_timeout`` (seconds), ``cmdline`` (added
-to every domU's kernel command line).
+``parallel`` (concurrent ``xl create``), ``connect_timeout`` (seconds), ``init`` (``lean``,
+the image's small init, or ``systemd``), ``cmdline`` (added to every domU's kernel command
+line).
 
 dom0's host key is never learnt from the network while a lab runs: it must be in
 ``known_hosts`` (or ``~/.ssh/known_hosts``) already; ``python -m harness.backends.xen
@@ -30,12 +31,12 @@ from __future__ import annotations
 import abc
 import argparse
 import atexit
+import base64
 import contextlib
 import hashlib
 import ipaddress
 import json
 import math
-import os
 import posixpath
 import shlex
 import shutil
@@ -44,7 +45,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -55,12 +55,13 @@ import jinja2
 import paramiko
 
 from harness.backends.base import Backend, FaultNotSupported, Guest, Jump, RunContext, now_ns
+from harness.backends.qemu import make_guest_disk
 from harness.errors import LabError, UserError
-from harness.guestfiles import write_guest_files
 from harness.identity import XEN_OUI, GuestSpec
 from harness.image.cache import Image, cache_dir
-from harness.state import Resource, teardown
+from harness.image.vm import GUEST_INIT
 from harness.ssh import GuestError, run_on
+from harness.state import Resource, teardown
 
 DEFAULT_WORKDIR = "/var/lib/scalelab/xen"
 #: Kernel modules whose absence makes ``xl create`` fail in ways that are hard to read.
@@ -87,6 +88,13 @@ def _int_option(options: dict[str, str], key: str, default: int, low: int = 1) -
         raise UserError(f"xen option {key}={raw!r} is not a whole number") from None
     if value < low:
         raise UserError(f"xen option {key}={raw!r} must be at least {low}")
+    return value
+
+
+def _choice(options: dict[str, str], key: str, allowed: tuple[str, ...]) -> str:
+    value = options.get(key) or allowed[0]
+    if value not in allowed:
+        raise UserError(f"xen option {key}={value!r}: use one of {', '.join(allowed)}")
     return value
 
 
@@ -130,10 +138,11 @@ class XenOptions:
     workdir: str = DEFAULT_WORKDIR
     parallel: int = 2
     cmdline: str = ""
+    init: str = "lean"
 
     KNOWN = frozenset({
         "host", "user", "port", "known_hosts", "key", "bridge", "memory", "vcpus", "disk",
-        "workdir", "parallel", "connect_timeout", "cmdline",
+        "workdir", "parallel", "connect_timeout", "cmdline", "init",
     })
 
     @classmethod
@@ -183,6 +192,7 @@ class XenOptions:
             workdir=workdir.rstrip("/") or "/",
             parallel=_int_option(options, "parallel", 2),
             cmdline=options.get("cmdline", ""),
+            init=_choice(options, "init", ("lean", "systemd")),
         )
 
 
@@ -225,8 +235,8 @@ class Dom0(abc.ABC):
     def write_text(self, remote: str, text: str) -> None:
         """Create a file on dom0 with ``text`` in it."""
 
-    def close(self) -> None:
-        """Drop the connection (nothing for a local dom0)."""
+    def close(self) -> None:  # noqa: B027 - nothing to drop for a local dom0
+        """Drop the connection."""
 
     def sh(self, script: str, *args: str, timeout: float = SHORT_TIMEOUT) -> Result:
         return self.run(["sh", "-c", script, "sh", *args], timeout=timeout)
@@ -348,7 +358,8 @@ def _known_hosts_files(target: Target) -> list[Path]:
 
 def connect(target: Target) -> paramiko.SSHClient:
     """Log in to dom0 with its host key pinned; every failure is one clear UserError."""
-    host_keys = paramiko.HostKeys()
+    client = paramiko.SSHClient()
+    host_keys = client.get_host_keys()  # pinned keys only; never saved back
     files = _known_hosts_files(target)
     for f in files:
         try:
@@ -364,8 +375,6 @@ def connect(target: Target) -> paramiko.SSHClient:
             f"record it once with `python -m harness.backends.xen record-host-key "
             f"{target.user}@{target.host}:{target.port} FILE` and check the fingerprint"
         )
-    client = paramiko.SSHClient()
-    client._host_keys = host_keys  # pinned keys only; never saved back
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
     t = target.connect_timeout
     try:
@@ -491,15 +500,19 @@ def vif_spec(mac: str, bridge: str) -> str:
     return f"mac={mac},bridge={bridge}"
 
 
-def guest_cmdline(spec: GuestSpec, extra: str = "") -> str:
-    """The domU kernel command line: shared root read-only, its own disk as the overlay's
-    upper layer, its name and address (the kernel's ``ip=`` syntax), the lean init."""
+def guest_cmdline(spec: GuestSpec, *, systemd: bool = False, extra: str = "") -> str:
+    """The domU kernel command line, as the image's initramfs and lean init read it: the
+    shared root read-only, the domU's own disk as the overlay's upper layer, its name and
+    address (the kernel's ``ip=`` syntax, no gateway: a guest has no way out of the lab)."""
     net = spec.ip.network
-    ip = f"{spec.address}::{spec.gateway}:{net.netmask}:{spec.name}:eth0:off"
     parts = [
-        "root=/dev/xvda", "ro", "overlayroot=disk:/dev/xvdb", f"hostname={spec.name}",
-        f"ip={ip}", "console=hvc0", "init=/usr/lib/scalelab/init",
+        "console=hvc0", "root=/dev/xvda", "ro", "rootfstype=ext4", "panic=-1",
+        "net.ifnames=0", f"hostname={spec.name}",
+        f"ip={spec.address}:::{net.netmask}:{spec.name}:eth0:off",
+        "overlayroot=disk:/dev/xvdb",
     ]
+    parts += (["init=/lib/systemd/systemd", "systemd.show_status=false"] if systemd
+              else [f"init={GUEST_INIT}"])
     if extra:
         parts.append(extra)
     return " ".join(parts)
@@ -570,33 +583,6 @@ def bundle_id(image: Image) -> str:
 
 def bundle_sources(image: Image) -> dict[str, Path]:
     return dict(zip(BUNDLE_FILES, (image.path, image.kernel, image.initrd), strict=True))
-
-
-# -- the writable disk -------------------------------------------------------------------------
-
-
-def upper_tree(spec: GuestSpec, client_public_key: str, root: Path) -> None:
-    """The writable disk's contents: the overlay's upper (the guest's own files) and work
-    directories, as the initramfs mounts them (``/upper``, ``/work``)."""
-    upper = root / "upper"
-    upper.mkdir()
-    (root / "work").mkdir()
-    write_guest_files(spec, client_public_key, upper)
-
-
-def build_upper_disk(spec: GuestSpec, client_public_key: str, path: Path, size_mib: int) -> None:
-    """Make ``path``: a sparse ext4 filesystem holding the guest's writable layer."""
-    with tempfile.TemporaryDirectory(prefix=f"xen-{spec.name}-") as tmp:
-        tree = Path(tmp) / "tree"
-        tree.mkdir()
-        upper_tree(spec, client_public_key, tree)
-        out = subprocess.run(
-            ["mkfs.ext4", "-q", "-F", "-L", "scalelab-rw", "-m", "0", "-E", "root_owner=0:0",
-             "-d", str(tree), str(path), f"{size_mib}M"],
-            capture_output=True, text=True, check=False,
-        )
-    if out.returncode != 0:
-        raise LabError(f"mkfs.ext4 of {spec.name}'s writable disk failed: {out.stderr.strip()}")
 
 
 # -- the backend -------------------------------------------------------------------------------
@@ -671,7 +657,7 @@ class XenBackend(Backend):
         d = self._connect()
         where = f"dom0 {d.label}"
         info = d.run(["xl", "info"], timeout=SHORT_TIMEOUT)
-        if info.rc == 127 or "not found" in info.err and info.rc != 0:
+        if info.rc == 127 or ("not found" in info.err and info.rc != 0):
             raise UserError(f"{where} has no `xl`: install xen-utils there (and boot it "
                             "under Xen), or point --backend at a Xen dom0")
         if info.rc != 0:
@@ -806,7 +792,8 @@ class XenBackend(Backend):
             run_id=self.ctx.run_id,
             kernel=self.files["vmlinuz"],
             ramdisk=self.files["initrd.img"],
-            extra=guest_cmdline(spec, self.opts.cmdline),
+            extra=guest_cmdline(spec, systemd=self.opts.init == "systemd",
+                                extra=self.opts.cmdline),
             memory_mib=memory,
             vcpus=vcpus,
             disks=(
@@ -824,12 +811,13 @@ class XenBackend(Backend):
         disk = posixpath.join(self.run_dir, f"{spec.name}.img")
         cfg_path = posixpath.join(self.run_dir, f"{spec.name}.cfg")
         self._record("remove_path", path=disk)
+        size = self.opts.disk_mib << 20
         if self.target.local:
-            build_upper_disk(spec, ctx.client_public_key, Path(disk), self.opts.disk_mib)
+            make_guest_disk(spec, ctx.client_public_key, Path(disk), size)
         else:
             with tempfile.TemporaryDirectory(prefix="scalelab-xen-") as tmp:
                 local = Path(tmp) / "disk.img"
-                build_upper_disk(spec, ctx.client_public_key, local, self.opts.disk_mib)
+                make_guest_disk(spec, ctx.client_public_key, local, size)
                 d.put(local, disk)
         cfg = self.config_for(spec, disk)
         text = render_config(cfg)
@@ -975,8 +963,8 @@ class XenBackend(Backend):
         return int(row[2]) << 20 if row else None
 
     def upper_bytes(self, guest: Guest) -> int | None:
-        return self.footprint([guest]).get(guest.name, {}).get("upper_bytes", (None, ""))[0] \
-            and int(self.footprint([guest])[guest.name]["upper_bytes"][0])
+        value = self.footprint([guest]).get(guest.name, {}).get("upper_bytes")
+        return int(value[0]) if value else None
 
     def footprint(self, guests: Sequence[Guest]) -> dict[str, dict[str, tuple[float, str]]]:
         """Per guest: memory Xen gives the domU and the blocks its writable disk holds."""
@@ -1130,9 +1118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     line = record_host_key(args.dest, Path(args.file))
     key_type, blob = line.split()[1:3]
-    fp = hashlib.sha256(__import__("base64").b64decode(blob)).digest()
-    print(f"recorded {key_type} SHA256:{__import__('base64').b64encode(fp).decode().rstrip('=')}"
-          f" for {line.split()[0]} in {args.file}")
+    fp = base64.b64encode(hashlib.sha256(base64.b64decode(blob)).digest()).decode()
+    print(f"recorded {key_type} SHA256:{fp.rstrip('=')} for {line.split()[0]} in {args.file}")
     return 0
 
 

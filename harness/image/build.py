@@ -104,11 +104,12 @@ def _stream(argv: list[str], progress: Progress, what: str, log: Path) -> None:
             logf.write(raw)
             line = raw.decode(errors="replace").rstrip()
             if line:
-                tail = (tail + [line])[-30:]
+                tail = [*tail, line][-30:]
                 progress(f"{what}: {line[:100]}")
         rc = proc.wait()
     if rc != 0:
-        missing = [ln for ln in tail if "Couldn't find these debs" in ln or "Unable to locate" in ln]
+        missing = [ln for ln in tail
+                   if "Couldn't find these debs" in ln or "Unable to locate" in ln]
         reason = missing[-1] if missing else (tail[-1] if tail else f"exit status {rc}")
         raise UserError(f"image build failed in {what}: {reason} (full log: {log})")
 
@@ -224,9 +225,14 @@ def build(
     progress = progress or _line_progress(f"image {key}: ")
     images = cache.images_root(root)
     t0 = time.monotonic()
+    debs = (root or cache.cache_dir()) / "debs" / recipe.suite
+    debs.mkdir(parents=True, exist_ok=True)
+    logs = (root or cache.cache_dir()) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log = logs / f"{key}.log"  # outside the scratch dir: it must outlive a failed build
+    log.write_text("")
     with _build_dir(images, key) as scratch:
         rootfs = scratch / "rootfs"
-        log = scratch / "build.log"
         _stream(
             [
                 # A private mount namespace: debootstrap mounts /proc and /sys in the target,
@@ -234,6 +240,8 @@ def build(
                 "unshare", "--mount", "--propagation", "private",
                 "debootstrap",
                 f"--variant={recipe.variant}",
+                # Downloaded .debs are kept between builds: a rebuild fetches nothing.
+                f"--cache-dir={debs}",
                 f"--include={','.join(recipe.all_packages())}",
                 recipe.suite,
                 str(rootfs),

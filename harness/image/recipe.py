@@ -177,5 +177,6 @@ def load_recipe(path: Path | None, project_dir: Path | None = None) -> Recipe:
                 raise UserError(f"{pyproject} is not valid TOML: {exc}") from None
             table = data.get("tool", {}).get("scalelab", {}).get("image")
             if isinstance(table, dict):
-                return recipe_from_table(table, project_dir.resolve(), f"{pyproject} [tool.scalelab.image]")
+                where = f"{pyproject} [tool.scalelab.image]"
+                return recipe_from_table(table, project_dir.resolve(), where)
     return Recipe()

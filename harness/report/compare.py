@@ -6,6 +6,7 @@ import datetime as dt
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from matplotlib.figure import Figure
@@ -95,10 +96,10 @@ def _fmt(metric: str, value: float | None) -> str:
     return f"{value * 1000:.3g} ms" if value < 1 else f"{value:.3f} s"
 
 
-def _num(value: object) -> float | None:
+def _num(value: Any) -> float | None:
     if value is None:
         return None
-    f = float(value)  # type: ignore[arg-type]
+    f = float(value)
     return None if math.isnan(f) else f
 
 

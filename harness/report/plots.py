@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import PolyCollection
@@ -46,9 +47,7 @@ def new_figure(width: float = 10.0, height: float = 4.0) -> Figure:
 
 
 def _n_colours(ns: Sequence[int]) -> dict[int, tuple[float, float, float, float]]:
-    """One colour per N, light to dark as N grows (viridis stays legible in greyscale)."""
-    from matplotlib import colormaps
-
+    """One colour per N, dark to light as N grows (viridis stays legible in greyscale)."""
     cmap = colormaps["viridis"]
     ordered = sorted(set(ns))
     if len(ordered) == 1:
@@ -82,7 +81,7 @@ def n_axis(ax: Axes, ns: Sequence[int]) -> None:
 
 
 def _in_window(rows: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
-    """Rows whose [start, end] window touches [start, end] (an open end counts as ongoing)."""
+    """Rows whose own [start, end] overlaps the span (a row without an end is ongoing)."""
     if rows.empty:
         return rows
     row_end = rows["end"].fillna(end)

@@ -258,6 +258,8 @@ def test_missing_run_json_is_tolerated(synth_run: Callable[..., Path], tmp_path:
     (run_dir / "run.json").unlink()
     html, p = parse(render_report(run_dir, tz="UTC"))
     assert "run.json is missing" in html
+    # One N: no scaling curve to draw; distribution, timeline and the bring-up remain.
+    assert len(p.images) == 3 and "one N only (2)" in html
     (summary,) = tables_in(p, "summary")
     assert {r[0]: r[1] for r in summary.rows}["run"] == RUN_ID
 

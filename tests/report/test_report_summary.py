@@ -5,8 +5,17 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from harness.report.plots import time_series_metrics
 from harness.report.rundata import tidy_timings
-from harness.report.summary import bringup_stats, failures, find_knee, knees, series_stats
+from harness.report.summary import (
+    bringup_stats,
+    failures,
+    find_knee,
+    knees,
+    metric_table,
+    series_stats,
+)
+from harness.report.templating import fmt_metric
 
 T0 = pd.Timestamp("2026-11-25T19:45:00", tz="UTC")
 
@@ -112,3 +121,38 @@ def test_bringup_stats_time_to_ready() -> None:
     assert row["ready_p50"] == pytest.approx(1.0)
     assert row["all_ready_s"] == pytest.approx(3.0)
     assert row["slowest_step"].startswith("first_command")
+
+
+def test_metric_series_and_table() -> None:
+    rows = [
+        {
+            "scenario": "s[n=2]",
+            "guest": g,
+            "t": T0 + pd.Timedelta(seconds=k),
+            "metric": m,
+            "value": float(k),
+            "unit": u,
+        }
+        for g in ("g0", "g1")
+        for m, u, samples in (("cpu", "%", 5), ("hash_rate", "op/s", 1))
+        for k in range(samples)
+    ]
+    metrics = pd.DataFrame(rows)
+    assert time_series_metrics(metrics) == ["cpu"]  # one value per guest is a result, not a series
+    table = metric_table(metrics).set_index("metric")
+    assert table.loc["cpu", "samples"] == 10 and table.loc["cpu", "guests"] == 2
+    assert table.loc["cpu", "max"] == 4.0 and table.loc["hash_rate", "samples"] == 2
+
+
+@pytest.mark.parametrize(
+    ("value", "unit", "text"),
+    [
+        (3.103e8, "B/s", "295.9 MiB/s"),
+        (2.414e5, "op/s", "241.4 k op/s"),
+        (0.0123, "s", "12.3 ms"),
+        (28672, "B", "28.0 KiB"),
+        (None, "s", "–"),
+    ],
+)
+def test_metric_values_are_readable(value: float | None, unit: str, text: str) -> None:
+    assert fmt_metric(value, unit) == text

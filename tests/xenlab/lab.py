@@ -46,7 +46,7 @@ BRIDGE_CIDR = "10.213.254.1/24"
 BRIDGE_SUBNET = "10.213.254.0/24"
 XEN_ARGS = ("console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M dom0_max_vcpus=2 "
             "loglvl=all guest_loglvl=all noreboot")
-DOM0_ARGS = "root=/dev/vda ro console=hvc0 init=/sbin/xenlab-init"
+DOM0_ARGS = "root=/dev/vda ro console=hvc0 net.ifnames=0 init=/sbin/xenlab-init"
 
 
 def free_port() -> int:

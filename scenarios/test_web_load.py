@@ -1,0 +1,42 @@
+"""A real server under real load: nginx on one guest, wrk on the others, from a recipe image.
+
+The image (scenarios/recipes/nginx.toml) carries nginx and wrk, so no guest installs
+anything: every guest starts nginx as a recipe service, the first one serves, the other
+N-1 run wrk against it. Request rate and latency percentiles per client become metrics.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.quorum import check_quorum
+from harness.workloads import REMOTE_DIR, Agents
+
+HERE = Path(__file__).parent
+SECONDS = 3
+
+
+@pytest.mark.recipe("recipes/nginx.toml")
+@pytest.mark.quorum(0.95)
+def test_nginx_under_wrk(agents: Agents, quorum: float) -> None:
+    names = agents.fleet.names
+    server, clients = names[0], names[1:] or names[:1]  # alone, the guest loads itself
+    address = agents.fleet.guests[server].spec.address
+    ready = agents.fleet.run(
+        "for i in $(seq 100); do python3 -c \"import urllib.request; "
+        "urllib.request.urlopen('http://127.0.0.1/16k.txt')\" 2>/dev/null && exit 0; "
+        "sleep 0.1; done; exit 1",
+        names=[server],
+    )
+    check_quorum(ready, 1.0)
+    agents.deploy(HERE / "recipes" / "wrk-report.lua", names=clients)
+    group = agents.run(
+        "wrk",
+        ["wrk", "-t1", "-c4", f"-d{SECONDS}s", "-s", f"{REMOTE_DIR}/wrk-report.lua",
+         f"http://{address}/16k.txt"],
+        names=clients,
+        timeout=SECONDS + 60,
+    )
+    check_quorum(group, quorum)
