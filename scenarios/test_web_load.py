@@ -35,7 +35,7 @@ def test_nginx_under_wrk(agents: Agents, quorum: float) -> None:
     group = agents.run(
         "wrk",
         ["wrk", "-t1", "-c4", f"-d{SECONDS}s", "-s", f"{REMOTE_DIR}/wrk-report.lua",
-         f"http://{address}/16k.txt"],
+         f"http://{address}:80/16k.txt"],
         names=clients,
         timeout=SECONDS + 60,
     )

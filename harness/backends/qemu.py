@@ -38,9 +38,9 @@ from harness.backends.netns import _size_bytes
 from harness.errors import LabError, UserError
 from harness.guestfiles import write_guest_files
 from harness.identity import GuestSpec, run_tag
-from harness.image.cache import Image
+from harness.image.cache import Image, cache_dir
 from harness.image.vm import GUEST_INIT, vm_info
-from harness.state import STATE_ROOT, proc_start_time, teardown
+from harness.state import proc_start_time, teardown
 
 QEMU = "qemu-system-x86_64"
 #: What the guest's init prints first (lean init, or the systemd unit): "booted".
@@ -68,9 +68,9 @@ CHOICES = {
     "upper": ("disk", "tmpfs"),
     "quiet": ("0", "1"),
 }
-#: Where the result of the KVM test is kept for this boot of the host (a hanging test VM
-#: costs its whole timeout; once per boot is enough).
-ACCEL_CACHE = STATE_ROOT / "qemu-accel.json"
+#: The result of the KVM test, kept for this boot of the host (a hanging test VM costs its
+#: whole timeout; once per boot is enough).
+ACCEL_CACHE_FILE = "qemu-accel.json"
 KVM_PROBE_TIMEOUT = 6.0
 
 
@@ -253,18 +253,19 @@ def _boot_id() -> str:
 def kvm_works(kernel: Path) -> tuple[bool, str]:
     """``probe_kvm``, remembered for this boot of the host, this QEMU and this kernel."""
     key = f"{_boot_id()}|{shutil.which(QEMU)}|{qemu_version()}|{kernel.resolve()}"
+    cache_file = cache_dir() / ACCEL_CACHE_FILE
     try:
-        cached = json.loads(ACCEL_CACHE.read_text())
+        cached = json.loads(cache_file.read_text())
         if cached.get("key") == key:
             return bool(cached["kvm"]), str(cached["reason"]) + " (cached)"
     except (OSError, ValueError, KeyError, AttributeError):
         pass
     ok, reason = probe_kvm(kernel)
     with contextlib.suppress(OSError):
-        ACCEL_CACHE.parent.mkdir(parents=True, exist_ok=True)
-        tmp = ACCEL_CACHE.with_name(f".{ACCEL_CACHE.name}.{os.getpid()}")
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}")
         tmp.write_text(json.dumps({"key": key, "kvm": ok, "reason": reason}))
-        tmp.replace(ACCEL_CACHE)
+        tmp.replace(cache_file)
     return ok, reason
 
 
