@@ -7,7 +7,6 @@ after a failure and more than once.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -70,7 +69,13 @@ class Session:
         run_id = self.run_id if sub is None else f"{self.run_id}-{sub}"
         lab_dir = self.run_dir if sub is None else self.run_dir / "labs" / sub
         lab_dir.mkdir(parents=True, exist_ok=True)
-        lab = Lab(
+        lab_class: type[Lab] = Lab
+        if self.config.cluster:
+            # Spread over lab hosts; Dask is imported only when a cluster is asked for.
+            from harness.cluster import ClusterLab
+
+            lab_class = ClusterLab
+        lab = lab_class(
             self.config, run_id, lab_dir, self.recorder(scenario, n), progress=self.progress,
             image=image or self.image,
         )
@@ -102,11 +107,10 @@ class Session:
             problems.append(f"writing parquet: {exc}")
         write_run_json(self.run_dir, self.info)
         if render:
-            with contextlib.suppress(ImportError):
-                from harness.report import render_report
+            from harness.report import render_report
 
-                try:
-                    render_report(self.run_dir, tz=self.config.report_tz)
-                except Exception as exc:  # the data is safe on disk; say what failed
-                    problems.append(f"rendering the report: {exc}")
+            try:
+                render_report(self.run_dir, tz=self.config.report_tz)
+            except Exception as exc:  # the data is safe on disk; say what failed
+                problems.append(f"rendering the report: {exc}")
         return problems
