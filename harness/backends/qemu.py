@@ -299,6 +299,8 @@ class QemuBackend(Backend):
         self.ctx: RunContext | None = None
         self.image: Image | None = None
         self.opts = {**DEFAULTS, **self.options}
+        # Taps and the bridge need root; user networking does not.
+        self.requires_root = self.opts["net"] != "user"
         self.accel = ""
         self.accel_reason = ""
         self.net = ""
