@@ -55,7 +55,8 @@ def classify(exc: BaseException) -> str:
     if isinstance(exc, paramiko.BadHostKeyException):
         return HOSTKEY
     if isinstance(exc, paramiko.AuthenticationException):
-        return AUTH
+        # "Authentication timeout." is a slow server, not a refused key.
+        return TIMEOUT if "timeout" in str(exc).lower() else AUTH
     if isinstance(exc, ConnectionRefusedError):
         return REFUSED
     if isinstance(exc, socket.timeout | TimeoutError):
@@ -163,6 +164,7 @@ class ReadyOptions:
     timeout: float = 120.0
     connect_timeout: float = 1.0
     handshake_timeout: float = 30.0
+    command_timeout: float = 60.0
     backoff_start: float = 0.02
     backoff_max: float = 0.5
     first_command: str = "cat /etc/hostname"
@@ -262,14 +264,18 @@ def connect_ready(
             continue
         t_auth = time.time_ns()
         t_banner = getattr(timed, "first_byte_ns", None) or t_tcp
+        try:
+            res = run_on(client, opts.first_command, timeout=opts.command_timeout)
+        except Exception as exc:
+            client.close()
+            cls = classify(exc)
+            if cls in (TIMEOUT, LOST, ERROR) and time.monotonic() < deadline:
+                last = exc  # an overloaded guest: try the whole sequence again
+                continue
+            raise GuestError(guest.name, cls, f"first command failed: {exc}") from exc
         on_phase(guest.name, "tcp", t0, t_tcp)
         on_phase(guest.name, "banner", t_tcp, t_banner)
         on_phase(guest.name, "auth", t_banner, t_auth)
-        try:
-            res = run_on(client, opts.first_command, timeout=30.0)
-        except Exception as exc:
-            client.close()
-            raise GuestError(guest.name, classify(exc), f"first command failed: {exc}") from exc
         on_phase(guest.name, "first_command", t_auth, time.time_ns())
         if res.exit_status != 0:
             client.close()

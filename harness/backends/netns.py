@@ -29,6 +29,9 @@ from harness.image.cache import Image
 from harness.state import proc_start_time, teardown
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+#: A Linux bridge takes at most 1023 ports; beyond this many guests per bridge, further
+#: guests go on segment bridges joined to the lab bridge by a veth pair (one L2 network).
+PORTS_PER_BRIDGE = 1000
 V1_CONTROLLERS = ("memory", "cpu", "pids", "freezer")
 
 
@@ -142,6 +145,29 @@ class NetnsBackend(Backend):
     @property
     def bridge(self) -> str:
         return self.options.get("bridge") or f"slb-{self.tag}"
+
+    def segment_bridge(self, spec: GuestSpec) -> str:
+        k = spec.index // PORTS_PER_BRIDGE
+        return self.bridge if k == 0 else f"{self.bridge}-{k}"
+
+    def _add_segments(self, specs: Sequence[GuestSpec]) -> list[str]:
+        """ip-batch lines for the segment bridges these guests need (beyond the first)."""
+        lines: list[str] = []
+        for k in sorted({s.index // PORTS_PER_BRIDGE for s in specs} - {0}):
+            seg = f"{self.bridge}-{k}"
+            if Path(f"/sys/class/net/{seg}").exists():
+                continue
+            uplink = f"slu{self.tag}{k:x}"
+            self._record("link", name=seg)
+            self._record("link", name=uplink)
+            lines += [
+                f"link add {seg} type bridge",
+                f"link add {uplink} type veth peer name {uplink}p",
+                f"link set {uplink} master {self.bridge} up",
+                f"link set {uplink}p master {seg} up",
+                f"link set {seg} up",
+            ]
+        return lines
 
     def netns_name(self, spec: GuestSpec) -> str:
         return f"sl-{self.tag}-{spec.name}"
@@ -266,7 +292,7 @@ class NetnsBackend(Backend):
         logs.mkdir(parents=True, exist_ok=True)
         t_created = now_ns()
         # One journal line per resource before anything exists, then one `ip` for all links.
-        batch = []
+        batch = self._add_segments(specs)
         for spec in specs:
             ns, veth = self.netns_name(spec), self.veth_name(spec)
             self._record("netns", name=ns)
@@ -274,7 +300,7 @@ class NetnsBackend(Backend):
             batch += [
                 f"netns add {ns}",
                 f"link add {veth} type veth peer name eth0 address {spec.mac} netns {ns}",
-                f"link set {veth} master {self.bridge} up",
+                f"link set {veth} master {self.segment_bridge(spec)} up",
                 # Static neighbour entries: the host never waits on ARP for a guest that
                 # has not configured eth0 yet, and 1024 guests do not overflow the table.
                 f"neigh replace {spec.address} lladdr {spec.mac} dev {self.bridge} nud permanent",
