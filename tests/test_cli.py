@@ -123,3 +123,46 @@ def test_subnet_parse_matches_routes() -> None:
     # host_routes() sees real routes of this host (the guest subnets are checked against it).
     for r in host_routes():
         assert isinstance(r, ipaddress.IPv4Network)
+
+
+def test_fault_verbs_on_a_lab_left_up(image: Image, tmp_path: Path) -> None:
+    before = snapshot()
+    reports = tmp_path / "reports"
+    up = scalelab("up", "--guests", "3", "--reports-dir", str(reports))
+    assert up.returncode == 0, up.stderr
+    run_dir = (reports / "latest").resolve()
+    cfg = str(run_dir / "ssh_config")
+
+    def ssh(guest: str, timeout: float = 10) -> int:
+        try:
+            return subprocess.run(["ssh", "-F", cfg, "-o", "BatchMode=yes", "-o",
+                                   "ConnectTimeout=3", guest, "true"],
+                                  capture_output=True, timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            return -1
+
+    try:
+        assert scalelab("fault", "pause", "g001").returncode == 0
+        assert ssh("g001", timeout=4) != 0  # frozen: no answer
+        assert scalelab("fault", "resume", "g001").returncode == 0
+        assert ssh("g001") == 0
+        assert scalelab("fault", "isolate", "g002").returncode == 0
+        assert ssh("g002", timeout=6) != 0
+        assert scalelab("fault", "heal").returncode == 0
+        assert ssh("g002") == 0
+        assert scalelab("fault", "kill", "g000").returncode == 0
+        assert ssh("g000", timeout=6) != 0
+        bad = scalelab("fault", "pause", "g999")
+        _one_clear_line(bad, "no guest 'g999'")
+    finally:
+        assert scalelab("down").returncode == 0
+    assert before.diff(snapshot()) == {}
+    rows = (run_dir / "timings.jsonl").read_text()
+    assert '"phase":"lost"' in rows and '"guest":"g000"' in rows
+
+
+def test_image_prune_keeps_current(image: Image, tmp_path: Path) -> None:
+    res = scalelab("image", "prune", "--recipe", str(tmp_path / "missing.toml"))
+    _one_clear_line(res, "does not exist")
+    listing = scalelab("image", "list").stdout
+    assert image.key in listing

@@ -208,3 +208,20 @@ def test_sigkill_then_clean(image: Image, tmp_path: Path) -> None:
 def test_guest_is_a_guest_object(lab: Lab) -> None:
     assert all(isinstance(g, Guest) for g in lab.guests)
     assert len({g.name for g in lab.guests}) == N
+
+
+def test_upper_layer_on_disk(image: Image, tmp_path: Path) -> None:
+    before = snapshot()
+    cfg = build_config({"guests": "2", "reports_dir": str(tmp_path / "r"),
+                        "backend": f"netns://?upper=disk&upper_dir={tmp_path / 'rw'}"}, PROJECT)
+    s = Session(cfg, image=image)
+    try:
+        lab = s.lab_up(2)
+        g = lab.guests[0]
+        assert str(tmp_path / "rw") in g.info["upper"]
+        lab.require_fleet().run("echo on-disk > /root/marker", names=[g.name])
+        assert (Path(g.info["upper"]) / "root/marker").read_text() == "on-disk\n"
+    finally:
+        s.finish(render=False)
+    assert before.diff(snapshot()) == {}
+    assert not any((tmp_path / "rw").iterdir())

@@ -479,13 +479,17 @@ def attach(run: str | None) -> tuple[NetnsBackend, Any]:
 
     states = [s for s in list_states() if s.header.get("backend") == "netns"]
     if run:
-        states = [s for s in states if s.run_id == Path(run).name]
-    states = [s for s in states if s.kept or s.owner_alive]
+        states = [s for s in states if s.run_id == Path(run).name and (s.kept or s.owner_alive)]
+    else:
+        states = [s for s in states if s.kept]  # a lab left up for people, by default
     if not states:
-        raise UserError("no netns lab is up here (see `scalelab ls`)")
+        raise UserError("no such netns lab is up here (see `scalelab ls`; --run names one)")
     state = states[-1]
     run_dir = Path(str(state.header.get("run_dir")))
-    inventory = json.loads((run_dir / "guests.json").read_text())
+    try:
+        inventory = json.loads((run_dir / "guests.json").read_text())
+    except (OSError, ValueError):
+        raise UserError(f"lab {state.run_id} has no readable guests.json in {run_dir}") from None
     backend = NetnsBackend(inventory.get("backend_options", {}))
     backend.ctx = RunContext(state.run_id, state, run_dir, "")
     backend.cgroups = Cgroups(state.run_id)
