@@ -64,6 +64,11 @@ def ensure_image(config: LabConfig, progress: Callable[[str], None] | None = Non
 
 def preflight_lab(config: LabConfig, n_guests: int) -> cache.Image:
     """Every check that can fail on the user's input, before anything is created."""
+    if config.cluster:
+        # A lab spread over lab hosts: their checks (Dask is imported only here).
+        from harness.cluster.preflight import preflight_cluster
+
+        return preflight_cluster(config, n_guests)
     backend = load_backend(parse_backend(config.backend))
     if backend.requires_root and os.geteuid() != 0:
         raise UserError(f"the {backend.name} backend needs root (namespaces, mounts, network "

@@ -114,6 +114,8 @@ class Store:
     def __init__(self, run_dir: Path, context: Context) -> None:
         self.run_dir = run_dir
         self.context = context
+        #: guest name → lab host, for rows recorded without one (labs spread over hosts).
+        self.lab_hosts: dict[str, str] = {}
         run_dir.mkdir(parents=True, exist_ok=True)
         self._timings = _AppendFile(run_dir / TIMINGS_STREAM)
         self._metrics = _AppendFile(run_dir / METRICS_STREAM)
@@ -176,7 +178,7 @@ class Recorder:
             "scenario": c.scenario,
             "n_guests": c.n_guests,
             "guest": guest or "",
-            "lab_host": c.lab_host,
+            "lab_host": c.lab_host or self.store.lab_hosts.get(guest or "", ""),
         }
 
     def timing(

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from leaks import PROJECT
 
 from harness.config import build_config
 from harness.image.cache import Image
@@ -16,7 +17,6 @@ from harness.lab import Lab
 from harness.session import Session
 from harness.ssh import MAX_OUTPUT
 from harness.workloads import REMOTE_DIR, Agents, parse_agent_output
-from leaks import PROJECT
 
 NASTY_AGENT = r"""
 import json, sys

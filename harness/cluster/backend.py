@@ -1,0 +1,95 @@
+"""``ClusterBackend``: what ``lab.backend`` is in a cluster lab.  It names the backend the
+shards run (netns by default) and sends the nemesis's faults and footprint questions to the
+shard that holds each guest; bringing guests up is the shards' own business."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from harness.backends.base import Backend, FaultNotSupported, Guest
+from harness.cluster.connect import ShardHandle
+from harness.errors import LabError
+from harness.identity import GuestSpec
+from harness.image.cache import Image
+
+
+class ClusterBackend(Backend):
+    def __init__(self, inner: Backend, routes: dict[str, ShardHandle]) -> None:
+        super().__init__(inner.options)
+        self.inner = inner
+        self.routes = routes  # guest name → shard (filled by the lab at bring-up)
+        self.name = inner.name
+        self.faults = inner.faults
+        self.requires_root = inner.requires_root
+        self.mac_oui = inner.mac_oui
+
+    # -- the lifecycle is the shards' ----------------------------------------------------
+
+    def check(self, image: Image, n_guests: int) -> None:
+        """Each shard checks its own host (see ``ClusterLab``)."""
+
+    def prepare(self, image: Image, ctx: Any) -> None:
+        raise LabError("a cluster lab's guests are prepared by its shards")
+
+    def up(self, specs: Sequence[GuestSpec]) -> list[Guest]:
+        raise LabError("a cluster lab's guests are started by its shards")
+
+    def down(self) -> list[str]:
+        return []  # ClusterLab.stop takes every shard down
+
+    def describe(self) -> dict[str, Any]:
+        return self.inner.describe()
+
+    # -- per guest, through its shard ----------------------------------------------------
+
+    def _by_shard(self, guests: Sequence[Guest]) -> dict[ShardHandle, list[str]]:
+        out: dict[ShardHandle, list[str]] = {}
+        for g in guests:
+            out.setdefault(self.routes[g.name], []).append(g.name)
+        return out
+
+    def footprint(self, guests: Sequence[Guest]) -> dict[str, dict[str, tuple[float, str]]]:
+        """Per guest memory and copy-on-write bytes, asked of each shard for its guests."""
+        result: dict[str, dict[str, tuple[float, str]]] = {}
+        for shard, names in self._by_shard(guests).items():
+            if not shard.lost:
+                result.update(shard.call("footprint", names))
+        return result
+
+    def _fault(self, action: str, guests: Sequence[Guest], arg: Any = None) -> None:
+        for shard, names in self._by_shard(guests).items():
+            shard.call("fault", action, names, arg)
+
+    def kill(self, guest: Guest) -> None:
+        self._fault("kill", [guest])
+
+    def pause(self, guest: Guest) -> None:
+        self._fault("pause", [guest])
+
+    def resume(self, guest: Guest) -> None:
+        self._fault("resume", [guest])
+
+    def limit_bandwidth(self, guest: Guest, rate: str) -> None:
+        self._fault("limit", [guest], rate)
+
+    def unlimit_bandwidth(self, guest: Guest) -> None:
+        self._fault("unlimit", [guest])
+
+    def isolate(self, guests: Sequence[Guest], others: Sequence[Guest] | None = None) -> None:
+        if others:
+            self.partition(guests, others)
+        else:
+            self._fault("isolate", guests)
+
+    def partition(self, side_a: Sequence[Guest], side_b: Sequence[Guest]) -> None:
+        shards = set(self._by_shard([*side_a, *side_b]))
+        if len(shards) != 1:
+            raise FaultNotSupported("a partition across lab hosts is not supported: both sides "
+                                    "must be guests of one lab host")
+        shards.pop().call("fault", "partition", [g.name for g in side_a],
+                          [g.name for g in side_b])
+
+    def heal(self) -> None:
+        for shard in {s for s in self.routes.values() if not s.lost}:
+            shard.call("fault", "heal", [], None)

@@ -1,0 +1,412 @@
+"""``ClusterLab``: a Lab whose guests are spread over lab hosts (see the package doc).
+
+The client side of the cluster lab: it places shards on the lab hosts, checks identities
+across all of them, brings them up in parallel, writes their rows into the run's store
+with ``lab_host`` set, and hands out a :class:`ClusterFleet` that behaves like a Fleet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from harness.backends.base import Guest, Jump
+from harness.cluster import connect
+from harness.cluster.backend import ClusterBackend
+from harness.cluster.connect import Connection, ShardHandle, ShardLost
+from harness.cluster.exports import write_cluster_exports
+from harness.cluster.fleet import ClusterFleet
+from harness.cluster.plan import (
+    LabWorker,
+    allocate_subnets,
+    check_identities,
+    clock_offset,
+    lab_host_names,
+    parse_cluster,
+    place,
+)
+from harness.cluster.preflight import FACTS_TIMEOUT, check_facts, image_ref, routes_of
+from harness.cluster.shard import Shard, ShardSpec, host_facts, machine_id
+from harness.cluster.wire import guest_from_wire
+from harness.config import LabConfig
+from harness.errors import LabError
+from harness.identity import KeyPair
+from harness.image import cache
+from harness.lab import Lab, ProgressFn, ensure_image
+from harness.ssh import GuestError, write_client_key
+from harness.state import RunState
+from harness.store import Recorder
+
+T = TypeVar("T")
+
+#: Clock probes per shard at bring-up (the median offset is kept).
+CLOCK_ROUNDS = 9
+#: Seconds between two progress polls of the shards during bring-up.
+PROGRESS_EVERY = 0.25
+#: Where a shard on another host than the client keeps its run directory.
+REMOTE_SHARD_DIRS = Path("/var/lib/scalelab/shards")
+
+
+class ClusterLab(Lab):
+    """A lab of guests spread over the lab hosts of a Dask cluster (``--cluster``)."""
+
+    def __init__(
+        self,
+        config: LabConfig,
+        run_id: str,
+        run_dir: Path,
+        recorder: Recorder,
+        *,
+        progress: ProgressFn | None = None,
+        image: cache.Image | None = None,
+        name_prefix: str = "g",
+    ) -> None:
+        super().__init__(config, run_id, run_dir, recorder, progress=progress, image=image,
+                         name_prefix=name_prefix)
+        self.cluster = parse_cluster(config.cluster or "")
+        self.shards: list[ShardHandle] = []
+        self.routes: dict[str, ShardHandle] = {}
+        self.backend = ClusterBackend(self.backend, self.routes)
+        self.conn: Connection | None = None
+        self.clock_offsets: dict[str, float] = {}
+        self.clock_round_trips: dict[str, float] = {}
+        self.network = "single lab host"
+        self.connect_seconds: float | None = None
+        self._boot_info: dict[ShardHandle, dict[str, Any]] = {}
+        self._last_progress = (0, 0, 0)
+        self._lost_lock = threading.Lock()
+
+    # -- bring-up ------------------------------------------------------------------------
+
+    def _start(self, n: int, min_ready: float, t0: float) -> list[Guest]:
+        self._total = n
+        self.conn = connect.acquire(self.cluster)
+        self.connect_seconds = time.monotonic() - t0  # a LocalCluster's start, the first time
+        key, digest = self._image()
+        placement = place(n, self.conn.lab_workers())
+        facts = self._facts([w for w, _ in placement], key, digest)
+        client_key = self._journal()
+        self.shards = self._make_shards(placement, facts, key, digest, client_key)
+        self._measure_clocks()
+        self._plan_all()
+        self._boot_all()
+        self._collect_rows()
+        self._link_shards()
+        self._assemble(client_key)
+        ready = len(self.require_fleet().names)
+        if ready < min_ready * n or ready == 0:
+            shown = "; ".join(str(e) for e in list(self.failures.values())[:3])
+            raise LabError(f"{n - ready} of {n} guests did not come up: {shown}")
+        self.bringup_seconds = time.monotonic() - t0
+        return self.guests
+
+    def _image(self) -> tuple[str, str | None]:
+        if self.image is None and self.cluster.local:
+            self.image = ensure_image(self.config, vm=self.backend.name in ("qemu", "xen"))
+        return image_ref(self.config, self.image)
+
+    def _facts(self, workers: list[LabWorker], key: str, digest: str | None
+               ) -> dict[str, Any]:
+        assert self.conn is not None
+        facts = self.conn.run(host_facts, key, digest, workers=[w.address for w in workers],
+                              timeout=FACTS_TIMEOUT)
+        names = lab_host_names([str(facts[w.address]["hostname"])
+                                if isinstance(facts.get(w.address), dict) else w.host
+                                for w in workers])
+        check_facts(facts, workers, names, self.backend.requires_root, key)
+        for w, name in zip(workers, names, strict=True):
+            facts[w.address]["lab_host"] = name
+        if self.image is None:
+            manifest = facts[workers[0].address]["image"]["manifest"]
+            self.image = cache.Image(key, cache.images_root() / key, manifest)
+        return facts
+
+    def _journal(self) -> KeyPair:
+        """The client's own journal (its local shards, the run's client key)."""
+        self.state = RunState.create(
+            self.run_id, backend="cluster", run_dir=str(self.run_dir.resolve()), kept=False,
+            cluster=self.cluster.text,
+        )
+        client_key = KeyPair.generate(f"scalelab-{self.run_id}")
+        write_client_key(self.state.dir, client_key)
+        return client_key
+
+    def _make_shards(self, placement: list[tuple[LabWorker, int]], facts: dict[str, Any],
+                     key: str, digest: str | None, client_key: KeyPair) -> list[ShardHandle]:
+        """Subnets, specs and one actor per lab host (journalled before they exist)."""
+        assert self.conn is not None and self.state is not None
+        sizes = [c for _, c in placement]
+        subnets = allocate_subnets(sizes, routes_of(facts, [w for w, _ in placement]),
+                                   self.config.subnet)
+        self.subnet = ", ".join(str(s) for s in subnets)
+        here, offset = machine_id(), 0
+        for k, ((w, count), net) in enumerate(zip(placement, subnets, strict=True)):
+            f = facts[w.address]
+            h = ShardHandle(k, f"{self.run_id}-s{k}", f["lab_host"], w, count, str(net),
+                            f["machine_id"] == here, f, self.conn)
+            spec = self._shard_spec(h, key, digest, client_key, offset, sum(sizes))
+            if h.local:  # `scalelab down/clean` of this run takes the local shards too
+                self.state.record("callback", target="harness.cluster.cleanup:remove_run",
+                                  kwargs={"run_id": h.run_id})
+            h.future = self.conn.spawn(Shard, spec, w.address, key=f"scalelab-{h.run_id}")
+            self.shards.append(h)
+            offset += count
+        self._each(lambda h: h.start())
+        return self.shards
+
+    def _shard_spec(self, h: ShardHandle, key: str, digest: str | None, client_key: KeyPair,
+                    offset: int, total: int) -> ShardSpec:
+        run_dir = (self.run_dir.resolve() / "shards" / f"s{h.index}" if h.local
+                   else REMOTE_SHARD_DIRS / h.run_id)
+        return ShardSpec(
+            index=h.index, run_id=h.run_id, main_run_id=self.run_id, lab_host=h.lab_host,
+            config=dataclasses.replace(self.config, cluster=None, subnet=h.subnet),
+            run_dir=str(run_dir), image_key=key, image_digest=digest, client_key=client_key,
+            offset=offset, total=total,
+        )
+
+    def _measure_clocks(self) -> None:
+        """Each shard's clock offset against ours: NTP's estimate, median of a few probes."""
+        def probe(h: ShardHandle) -> tuple[float, float]:
+            samples = []
+            for _ in range(CLOCK_ROUNDS):
+                t0 = time.time_ns()
+                ts = int(h.call("now"))
+                samples.append((t0, ts, time.time_ns()))
+            return clock_offset(samples)
+
+        for h, (offset, trip) in zip(self.shards, self._each(probe), strict=True):
+            self.clock_offsets[h.lab_host] = offset
+            self.clock_round_trips[h.lab_host] = trip
+
+    def _plan_all(self) -> None:
+        """Every shard's identities, checked together before anything boots."""
+        plans = self._each(lambda h: h.call("plan", h.n_guests, h.subnet))
+        check_identities(ident for plan in plans for ident in plan)
+        tags = self.recorder.store.lab_hosts
+        for h, plan in zip(self.shards, plans, strict=True):
+            h.names = [str(i["name"]) for i in plan]
+            for name in h.names:
+                tags[name] = h.lab_host
+
+    def _boot_all(self) -> None:
+        """Boot all shards at once, drawing one progress line for the whole lab."""
+        futures = [(h, h.submit("boot")) for h in self.shards]
+        last_check = time.monotonic()
+        while not all(f.done() for _, f in futures):
+            time.sleep(PROGRESS_EVERY)
+            self._report_cluster_progress()
+            if time.monotonic() - last_check > connect.POLL:
+                last_check = time.monotonic()
+                self._check_alive(h for h, f in futures if not f.done())
+        for h, fut in futures:
+            self._boot_info[h] = h.wait(fut)
+        self._report_cluster_progress()
+
+    def _check_alive(self, shards: Iterable[ShardHandle]) -> None:
+        """ShardLost for the first of ``shards`` whose worker is gone."""
+        assert self.conn is not None
+        for h in shards:
+            if not self.conn.alive(h.worker.address):
+                raise ShardLost(f"lab host {h.lab_host} ({h.worker.address}) went away "
+                                "while its guests were coming up")
+
+    def _report_cluster_progress(self) -> None:
+        """Sum the shards' (started, ready, failed); report when it changed."""
+        counts = [0, 0, 0]
+        for h in self.shards:
+            with contextlib.suppress(LabError):
+                for i, c in enumerate(h.call("progress")):
+                    counts[i] += c
+        if tuple(counts) != self._last_progress:
+            self._last_progress = (counts[0], counts[1], counts[2])
+            self.progress(self._total, *counts)
+
+    def _collect_rows(self) -> None:
+        """The shards' rows, into this run's store (with lab_host, in this lab's context)."""
+        store, ctx = self.recorder.store, self.recorder.context
+        for h, (timings, metrics) in zip(self.shards, self._each(lambda h: h.call("drain")),
+                                         strict=True):
+            for row in timings:
+                store.add_timing({**row, "run_id": ctx.run_id, "scenario": ctx.scenario,
+                                  "n_guests": ctx.n_guests, "lab_host": h.lab_host})
+            for row in metrics:
+                store.add_metric({**row, "run_id": ctx.run_id, "scenario": ctx.scenario,
+                                  "n_guests": ctx.n_guests, "lab_host": h.lab_host})
+
+    def _link_shards(self) -> None:
+        """Route between the subnets of shards that share a host (see the package doc)."""
+        by_host: dict[str, list[ShardHandle]] = {}
+        for h in self.shards:
+            by_host.setdefault(str(h.facts["machine_id"]), []).append(h)
+        groups = [g for g in by_host.values() if len(g) > 1]
+        if len(by_host) > 1:
+            self.network = "guests reach guests of their own lab host only"
+        if not groups:
+            return
+        for group in groups:
+            for h in group:
+                peers = [o.subnet for o in group if o is not h]
+                failed = guest_failures(h.call("link", peers))
+                for name, err in failed.items():
+                    self.failures.setdefault(name, err)
+        if len(by_host) == 1:
+            self.network = "all guests reach each other (routed between shards' subnets)"
+
+    def _assemble(self, client_key: KeyPair) -> None:
+        """Client-side guests, fleet, failures, ssh_config/known_hosts and guests.json."""
+        assert self.state is not None
+        guests: list[Guest] = []
+        for h in self.shards:
+            info = self._boot_info[h]
+            jump = None if h.local else _jump_of(h)
+            for d in info["guests"]:
+                g = guest_from_wire(d, jump)
+                guests.append(g)
+                self.routes[g.name] = h
+            for name, (cls, msg) in info["failures"].items():
+                self.failures[name] = GuestError(name, cls, msg)
+        self.guests = guests
+        self.backend.guests = guests
+        by_name = {g.name: g for g in guests}
+        fleet = ClusterFleet(dict(self.routes), by_name, self._shard_lost,
+                             self.config.fanout_workers)
+        now = time.time_ns()
+        for name in self.failures:
+            fleet.lost[name] = now
+        self.fleet = fleet
+        write_cluster_exports(self.run_dir, guests, self.state.dir / "id_ed25519")
+        self._write_inventory(guests)
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _each(self, func: Callable[[ShardHandle], T]) -> list[T]:
+        """``func(shard)`` for every shard at once; results in shard order."""
+        if not self.shards:
+            return []
+        with ThreadPoolExecutor(max_workers=len(self.shards), thread_name_prefix="shards") as p:
+            return list(p.map(func, self.shards))
+
+    def _shard_lost(self, shard: ShardHandle, exc: ShardLost) -> None:
+        """A lab host is gone: its guests are lost for the rest of the run, one row each."""
+        with self._lost_lock:
+            if shard.lost:
+                return
+            shard.lost = True
+        now = time.time_ns()
+        fleet = self.fleet
+        for name in shard.names:
+            if fleet is not None:
+                fleet.lost.setdefault(name, now)
+            self.recorder.timing("lost", now, now, guest=name, phase="lost", ok=False,
+                                 error_class="lost", error=str(exc)[:500])
+
+    # -- use -----------------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info["clock_offsets"] = dict(self.clock_offsets)
+        info["cluster"] = {
+            "spec": self.cluster.text,
+            "scheduler": self.conn.address if self.conn is not None else None,
+            "network": self.network,
+            "connect_seconds": self.connect_seconds,
+            "shards": [
+                {"lab_host": h.lab_host, "worker": h.worker.address, "run_id": h.run_id,
+                 "guests": h.n_guests, "subnet": h.subnet, "lost": h.lost,
+                 "bringup_seconds": self._boot_info.get(h, {}).get("seconds"),
+                 "clock_round_trip_s": self.clock_round_trips.get(h.lab_host)}
+                for h in self.shards
+            ],
+        }
+        return info
+
+    def keep(self) -> None:
+        """Leave every shard's guests up after this process ends (``scalelab down``)."""
+        for h in self.shards:
+            if not h.lost:
+                with contextlib.suppress(LabError):
+                    h.call("keep")
+        super().keep()
+        self._release()
+
+    # -- teardown ------------------------------------------------------------------------
+
+    def stop(self) -> list[str]:
+        """Take every shard down (and what lost ones left); idempotent, never raises."""
+        if self._stopped:
+            return []
+        self._stopped = True
+        problems: list[str] = []
+        if self.fleet is not None:
+            with contextlib.suppress(Exception):
+                self.fleet.close()
+        for got in self._each(self._stop_shard):
+            problems += got
+        self._release()
+        if self.state is not None:
+            problems += self.state.remove_all()  # local shards' callbacks: nothing left here
+        return problems
+
+    def _stop_shard(self, h: ShardHandle) -> list[str]:
+        if h.actor is None:
+            return []  # never made: nothing was created on its host
+        try:
+            if h.actor is not None and not h.lost:
+                return [f"{h.lab_host}: {p}" for p in h.call("stop")]
+        except ShardLost as exc:
+            self._shard_lost(h, exc)
+        except Exception as exc:
+            return [f"{h.lab_host}: stopping its shard: {exc}"]
+        return self._reap(h)
+
+    def _reap(self, h: ShardHandle) -> list[str]:
+        """Remove what a lost shard left, through a live worker on its host."""
+        from harness.cluster.cleanup import remove_dead_run
+
+        if self.conn is None or h.local:
+            return []  # a local shard is removed by this lab's journal (callback)
+        advice = f"run `scalelab clean {h.run_id}` on {h.worker.host}"
+        try:
+            peers = [a for a in self.conn.workers() if LabWorker(a).host == h.worker.host]
+            if not peers:
+                return [f"{h.lab_host} is gone; {advice}"]
+            got = self.conn.run(remove_dead_run, h.run_id, workers=peers[:1], timeout=120)
+        except Exception as exc:
+            return [f"{h.lab_host}: cleaning {h.run_id}: {exc}; {advice}"]
+        result = got.get(peers[0])
+        return [f"{h.lab_host}: {p}" for p in result] if isinstance(result, list) else []
+
+    def _release(self) -> None:
+        if self.conn is not None:
+            for h in self.shards:
+                with contextlib.suppress(Exception):
+                    if h.future is not None:
+                        h.future.release()
+            conn, self.conn = self.conn, None
+            connect.release(conn)
+
+
+def guest_failures(wire: Any) -> dict[str, GuestError]:
+    """The guests that failed in a wire group result (errors and non-zero exits)."""
+    from harness.cluster.wire import from_wire
+
+    group = from_wire(wire)
+    out = dict(group.errors)
+    for name, res in group.results.items():
+        if not getattr(res, "ok", True):
+            out[name] = GuestError(name, "exit", (res.stderr or "").strip()[:200])
+    return out
+
+
+def _jump_of(h: ShardHandle) -> Jump:
+    """The lab host as an SSH jump host for a person reaching its guests."""
+    key = h.facts.get("ssh_host_key")
+    line = f"{h.worker.host} {key}" if key else ""
+    return Jump(h.worker.host, 22, "root", line)

@@ -1,0 +1,591 @@
+"""Cluster labs (``--cluster``): placement, identities across lab hosts, fan-out on shards,
+a lab host lost mid-run, teardown on every exit, bad input — with real Dask workers.
+
+The integration tests run ``pytest scenarios/... --cluster=local:3`` in a subprocess, as a
+user would, and check the run directory and that nothing is left on this host.  They mark
+every process they start (an environment variable the Dask workers inherit) so that a
+worker or scheduler left running is found.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from leaks import PROJECT, Snapshot, snapshot
+
+from harness.backends.base import Guest, Jump
+from harness.cluster.exports import write_cluster_exports
+from harness.cluster.plan import (
+    LabWorker,
+    allocate_subnets,
+    check_identities,
+    clock_offset,
+    lab_host_names,
+    parse_cluster,
+    place,
+)
+from harness.cluster.wire import Upload, dumps_function, loads_function
+from harness.config import MAX_GUESTS
+from harness.errors import LabError, UserError
+from harness.identity import make_specs, run_tag
+from harness.image.cache import Image
+
+MARK = "SCALELAB_TEST_MARK"
+
+# -- pure parts ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [("local:0", "at least one worker"), ("local:x", "not a whole number"),
+     ("local:-1", "at least one"), ("bogus", "give local:K"), ("tcp://host", "give local:K"),
+     ("http://h:1", "give local:K")],
+)
+def test_parse_cluster_refuses(text: str, needle: str) -> None:
+    with pytest.raises(UserError, match=needle):
+        parse_cluster(text)
+
+
+def test_parse_cluster_accepts() -> None:
+    assert parse_cluster("local:3").local_workers == 3
+    spec = parse_cluster("tcp://sched.example:8786")
+    assert not spec.local and spec.address == "tcp://sched.example:8786"
+    assert parse_cluster("tls://10.0.0.1:8786/").address == "tls://10.0.0.1:8786"
+
+
+def _workers(*caps: int | None) -> list[LabWorker]:
+    return [LabWorker(f"tcp://10.0.0.{i}:1234", c) for i, c in enumerate(caps)]
+
+
+def test_place_even_split() -> None:
+    assert [c for _, c in place(24, _workers(None, None, None))] == [8, 8, 8]
+    assert [c for _, c in place(10, _workers(None, None, None))] == [4, 3, 3]
+    assert [c for _, c in place(2, _workers(None, None, None))] == [1, 1]  # third unused
+
+
+def test_place_weighted_and_capped() -> None:
+    # Every host declares a capacity: the split follows them (a small host may get none).
+    assert [c for _, c in place(30, _workers(256, 128, 128))] == [15, 8, 7]
+    assert [c for _, c in place(12, _workers(2, 100, 100))] == [6, 6]
+    # Some do not: an even split, a declared capacity a ceiling, the rest to the others.
+    assert [c for _, c in place(12, _workers(2, None, None))] == [2, 5, 5]
+
+
+def test_place_refuses_more_than_the_hosts_hold() -> None:
+    with pytest.raises(UserError, match="hold at most 5"):
+        place(6, _workers(2, 3))
+    with pytest.raises(UserError, match=f"hold at most {2 * MAX_GUESTS}"):
+        place(2 * MAX_GUESTS + 1, _workers(None, None))
+    with pytest.raises(UserError, match="no lab host"):
+        place(1, [])
+
+
+def test_lab_host_names() -> None:
+    assert lab_host_names(["a", "b"]) == ["a", "b"]
+    assert lab_host_names(["vm", "vm", "x", "vm"]) == ["vm-w0", "vm-w1", "x", "vm-w2"]
+
+
+def test_subnets_disjoint_and_clear_of_routes() -> None:
+    routes = [ipaddress.IPv4Network("10.213.0.0/24"), ipaddress.IPv4Network("10.213.2.0/23")]
+    nets = allocate_subnets([8, 8, 300], routes)
+    assert all(n.prefixlen == 23 for n in nets)
+    for i, a in enumerate(nets):
+        assert not any(a.overlaps(r) for r in routes)
+        assert not any(a.overlaps(b) for b in nets[i + 1:])
+    split = allocate_subnets([8, 8, 8], [], "10.50.0.0/22")
+    assert [str(n) for n in split] == ["10.50.0.0/24", "10.50.1.0/24", "10.50.2.0/24"]
+    with pytest.raises(UserError, match="room for 1 of the 3"):
+        allocate_subnets([8, 8, 8], [], "10.50.0.0/24")
+    with pytest.raises(UserError, match="too small"):
+        allocate_subnets([300], [], "10.50.0.0/24")
+    with pytest.raises(UserError, match="overlaps the host route"):
+        allocate_subnets([8], routes, "10.213.0.0/16")
+
+
+def test_identity_check_across_shards_names_duplicates() -> None:
+    a = make_specs("run-s0", 2, ipaddress.IPv4Network("10.1.0.0/24"), prefix="s0g")
+    b = make_specs("run-s1", 2, ipaddress.IPv4Network("10.1.0.0/24"), prefix="s1g")
+    rows = [{"name": s.name, "mac": s.mac, "ip": s.address, "machine_id": s.machine_id,
+             "host_key": s.host_key.public_blob, "lab_host": h}
+            for h, specs in (("h0", a), ("h1", b)) for s in specs]
+    with pytest.raises(LabError, match=r"IP 10\.1\.0\.2 shared by s0g000@h0, s1g000@h1"):
+        check_identities(rows)
+    rows[2]["ip"], rows[3]["ip"] = "10.1.1.2", "10.1.1.3"
+    check_identities(rows)  # names, MACs (other run ids), keys and IPs now all differ
+
+
+def test_clock_offset_is_the_median_ntp_estimate() -> None:
+    # The shard's clock runs 5 ms ahead; one probe is delayed on the way back.
+    samples = [(0, 5_500_000, 1_000_000), (10_000_000, 15_500_000, 11_000_000),
+               (20_000_000, 25_500_000, 41_000_000)]
+    offset, trip = clock_offset(samples)
+    assert offset == pytest.approx(0.005)
+    assert trip == pytest.approx(0.001)
+
+
+def test_upload_round_trip(tmp_path: Path) -> None:
+    src = tmp_path / "agent"
+    (src / "lib" / "empty").mkdir(parents=True)
+    (src / "run.py").write_text("print(1)\n")
+    (src / "run.py").chmod(0o755)
+    (src / "lib" / "data.bin").write_bytes(bytes(range(256)))
+    out = tmp_path / "out"
+    out.mkdir()
+    top = Upload.read(src).write(out)
+    assert (top / "run.py").read_text() == "print(1)\n"
+    assert (top / "run.py").stat().st_mode & 0o777 == 0o755
+    assert (top / "lib" / "data.bin").read_bytes() == bytes(range(256))
+    assert (top / "lib" / "empty").is_dir()
+
+
+def _local_helper(name: str) -> str:
+    return name[::-1]
+
+
+def test_functions_from_test_modules_travel_by_value() -> None:
+    def func(name: str, client: object) -> str:
+        return _local_helper(name)
+
+    blob = dumps_function(func)
+    code = "import sys, pickle; f = pickle.loads(sys.stdin.buffer.read()); print(f('abc', None))"
+    # A fresh interpreter where this test module is not importable.
+    res = subprocess.run([sys.executable, "-c", code], input=blob, capture_output=True,
+                         cwd="/", timeout=60)
+    assert res.stdout.decode().strip() == "cba", res.stderr.decode()
+    assert loads_function(blob)("xy", None) == "yx"
+
+
+def test_exports_jump_through_remote_lab_hosts(tmp_path: Path) -> None:
+    specs = make_specs("r-s0", 2, ipaddress.IPv4Network("10.9.0.0/24"), prefix="s0g")
+    jump = Jump("192.0.2.7", 22, "root", "192.0.2.7 ssh-ed25519 AAAAlabhost")
+    guests = [Guest(specs[0], specs[0].address, lab_host="here"),
+              Guest(specs[1], specs[1].address, jump=jump, lab_host="there")]
+    cfg, known = write_cluster_exports(tmp_path, guests, tmp_path / "id")
+    text = cfg.read_text()
+    assert text.index("Host labhost-192.0.2.7-22") < text.index("Host *")
+    assert "ProxyJump labhost-192.0.2.7-22" in text.split("Host s0g001")[1]
+    assert "ProxyJump" not in text.split("Host s0g000")[1].split("Host s0g001")[0]
+    assert "192.0.2.7 ssh-ed25519 AAAAlabhost" in known.read_text()
+
+
+def test_dask_is_not_imported_without_cluster() -> None:
+    code = ("import sys; import harness.plugin, harness.session, harness.cli, "
+            "harness.cluster, harness.cluster.cleanup; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('dask', 'distributed')))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, cwd=PROJECT)
+    assert res.stdout.strip() == "[]", res.stderr
+
+
+# -- helpers for the integration tests ----------------------------------------------------
+
+
+def _env(mark: str) -> dict[str, str]:
+    return {**os.environ, MARK: mark}
+
+
+def marked_processes(mark: str) -> list[str]:
+    """Python processes (Dask schedulers and workers among them) started under ``mark``
+    (guests inherit the mark too, and are checked apart)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            if not Path(argv[0].decode()).name.startswith(("python", "dask")):
+                continue
+            if f"{MARK}={mark}".encode() in (proc / "environ").read_bytes().split(b"\0"):
+                found.append(f"{proc.name} {b' '.join(argv)[:120]!r}")
+        except (OSError, UnicodeDecodeError):
+            continue
+    return found
+
+
+def run_ids_in(reports: Path) -> set[str]:
+    """Every run id of the runs under ``reports``: the runs, their side labs and shards."""
+    ids = set()
+    for f in reports.rglob("guests.json"):
+        ids.add(json.loads(f.read_text())["run_id"])
+    for f in reports.glob("2*/run.json"):
+        ids.add(json.loads(f.read_text())["run_id"])
+    return ids
+
+
+def _proc_in_runs(pid: str, ids: set[str]) -> bool:
+    try:
+        cgroups = Path(f"/proc/{pid}/cgroup").read_text()
+    except OSError:
+        return False
+    return any(i in cgroups for i in ids)
+
+
+def leftovers(before: Snapshot, reports: Path, mark: str) -> dict[str, set[str]]:
+    """What the runs under ``reports`` left on this host (other people's labs ignored)."""
+    ids = run_ids_in(reports)
+    needles = ids | {run_tag(i) for i in ids}
+    left: dict[str, set[str]] = {}
+    for kind, items in before.diff(snapshot()).items():
+        if kind == "procs":
+            mine = {p for p in items if _proc_in_runs(p, ids)}
+        else:
+            mine = {x for x in items if any(n in x for n in needles)}
+        if mine:
+            left[kind] = mine
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    nft = {t for t in tables.splitlines() if any(f"slf-{run_tag(i)}" in t for i in ids)}
+    if nft:
+        left["nft"] = nft
+    procs = set(marked_processes(mark))
+    if procs:
+        left["dask processes"] = procs
+    return left
+
+
+def wait_clean(before: Snapshot, reports: Path, mark: str, timeout: float = 30) -> None:
+    """Nothing left (Dask workers may take a moment to exit after their client)."""
+    deadline = time.monotonic() + timeout
+    while (left := leftovers(before, reports, mark)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, f"left behind: {left}"
+
+
+def pytest_run(reports: Path, mark: str, *args: str, timeout: float = 900
+               ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", *args, f"--reports-dir={reports}",
+         "-p", "no:cacheprovider", "-q"],
+        cwd=PROJECT, capture_output=True, text=True, timeout=timeout, env=_env(mark),
+    )
+
+
+def scalelab(mark: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=PROJECT,
+                          capture_output=True, text=True, timeout=timeout, env=_env(mark))
+
+
+@pytest.fixture
+def mark() -> str:
+    return uuid.uuid4().hex
+
+
+# -- end to end -----------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_24_guests_over_3_lab_hosts(image: Image, tmp_path: Path, mark: str) -> None:
+    before = snapshot()
+    res = pytest_run(tmp_path, mark, "scenarios/test_ssh_fanout.py",
+                     "scenarios/test_client_server.py", "--guests=24", "--cluster=local:3")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    run = (tmp_path / "latest").resolve()
+    info = json.loads((run / "run.json").read_text())
+    shards = info["cluster"]["shards"]
+    hosts = {s["lab_host"] for s in shards}
+    assert len(hosts) == 3 and [s["guests"] for s in shards] == [8, 8, 8]
+    assert info["backend"]["name"] == "netns" and info["guests_up"] == 24
+    assert set(info["clock_offsets"]) == hosts
+    assert all(abs(v) < 0.5 for v in info["clock_offsets"].values())
+
+    t = pd.read_parquet(run / "timings.parquet")
+    boot = t[(t["phase"] == "bringup") & (t["scenario"] == "bringup")]
+    assert boot.groupby("guest")["op"].nunique().eq(6).all()
+    assert boot.groupby("lab_host")["guest"].nunique().to_dict() == dict.fromkeys(hosts, 8)
+    rt = t[t["op"] == "roundtrip"]
+    assert rt["ok"].all() and rt.groupby("guest").size().eq(10).all()
+    assert rt.groupby("lab_host")["guest"].nunique().to_dict() == dict.fromkeys(hosts, 8)
+    # One guest per shard prefix, and every guest on the lab host its name says.
+    assert all(g[:2] == f"s{sorted(hosts).index(h)}" for g, h in
+               rt[["guest", "lab_host"]].drop_duplicates().itertuples(index=False))
+    m = pd.read_parquet(run / "metrics.parquet")
+    lat = m[m["metric"] == "request_latency"]
+    assert lat["guest"].nunique() == 23 and set(lat["lab_host"]) == hosts  # across hosts
+
+    inventory = json.loads((run / "guests.json").read_text())["guests"]
+    assert len(inventory) == 24
+    for key in ("name", "mac", "ip"):
+        assert len({g[key] for g in inventory}) == 24, key
+    keys = [ln.split()[2] for ln in (run / "known_hosts").read_text().splitlines()]
+    assert len(keys) == len(set(keys)) == 24
+    assert not (run / "id_ed25519").exists()
+    wait_clean(before, tmp_path, mark)
+
+
+LOSE_A_HOST = """
+import os, signal
+
+import pytest
+from harness.quorum import check_quorum
+
+
+@pytest.mark.quorum(0.6)
+def test_a_lab_host_dies(lab, fleet, quorum):
+    assert fleet.run("true").ok
+    victim = lab.shards[-1]
+    os.kill(victim.call("pid"), signal.SIGKILL)
+    group = fleet.run("hostname", timeout=60)
+    assert group.failed == dict.fromkeys(victim.names, "lost")
+    check_quorum(group, quorum)
+    print("VICTIM", victim.lab_host, victim.run_id, flush=True)
+
+
+def test_the_run_goes_on(lab, fleet):
+    assert len(fleet.names) == len(lab.guests) - len(lab.shards[-1].names)
+    group = fleet.run("hostname")
+    assert group.ok and len(group) == len(fleet.names)
+"""
+
+
+@pytest.mark.integration
+def test_a_lost_lab_host(image: Image, tmp_path: Path, mark: str) -> None:
+    before = snapshot()
+    scenario = tmp_path / "scenario" / "test_lose_a_host.py"
+    scenario.parent.mkdir()
+    scenario.write_text(LOSE_A_HOST)
+    reports = tmp_path / "reports"
+    res = pytest_run(reports, mark, str(scenario), "-s", "--guests=12", "--cluster=local:3")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    victim_host, victim_run = next(
+        ln.split()[1:3] for ln in res.stdout.splitlines() if ln.startswith("VICTIM")
+    )
+    run = (reports / "latest").resolve()
+    t = pd.read_parquet(run / "timings.parquet")
+    lost = t[t["phase"] == "lost"]
+    assert lost["guest"].nunique() == 4 and set(lost["lab_host"]) == {victim_host}
+    assert (lost["error_class"] == "lost").all()
+    assert "2 passed" in res.stdout  # the second test ran after the loss, on 8 guests
+    out = scalelab(mark, "clean", victim_run)
+    assert out.returncode == 0, out.stderr
+    wait_clean(before, reports, mark)
+
+
+SLEEPER = """
+import time
+from pathlib import Path
+
+
+def test_wait_for_a_signal(fleet):
+    assert fleet.run("true").ok
+    Path({marker!r}).write_text("up")
+    time.sleep(300)
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
+def test_teardown_on_signal(how: str, image: Image, tmp_path: Path, mark: str) -> None:
+    before = snapshot()
+    marker = tmp_path / "up"
+    scenario = tmp_path / "scenario" / "test_sleeper.py"
+    scenario.parent.mkdir()
+    scenario.write_text(SLEEPER.format(marker=str(marker)))
+    reports = tmp_path / "reports"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", str(scenario), f"--reports-dir={reports}",
+         "-p", "no:cacheprovider", "-q", "--guests=6", "--cluster=local:3"],
+        cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=_env(mark), start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not marker.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout
+            time.sleep(0.2)
+        assert run_ids_in(reports)  # the lab is up, shards and all
+        if how == "sigterm":
+            proc.send_signal(signal.SIGTERM)
+        else:  # what a terminal does on Ctrl-C: the whole foreground process group
+            os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0, out[-2000:]
+    wait_clean(before, reports, mark)
+
+
+@pytest.mark.integration
+def test_up_ssh_down(image: Image, tmp_path: Path, mark: str) -> None:
+    """``scalelab up --cluster``: a person reaches guests of every lab host; down removes all."""
+    before = snapshot()
+    res = scalelab(mark, "up", "--guests", "4", "--cluster", "local:2",
+                   "--reports-dir", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    run = (tmp_path / "latest").resolve()
+    try:
+        for name in ("s0g000", "s1g001"):
+            out = subprocess.run(["ssh", "-F", str(run / "ssh_config"), name, "hostname"],
+                                 capture_output=True, text=True, timeout=60)
+            assert out.stdout.strip() == name, out.stderr
+        assert not marked_processes(mark)  # the workers are gone, the guests are not
+    finally:
+        down = scalelab(mark, "down", run.name)
+    assert down.returncode == 0, down.stderr
+    wait_clean(before, tmp_path, mark)
+
+
+# -- bad input: one clear line, nothing left -------------------------------------------------
+
+
+def _one_line(res: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert res.returncode != 0
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("scalelab: ")
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def _nothing_made(reports: Path, mark: str) -> None:
+    assert not run_ids_in(reports)
+    states = Path("/run/scalelab")
+    for d in states.iterdir() if states.is_dir() else []:
+        journal = d / "state.jsonl"
+        if journal.is_file():
+            assert str(reports) not in journal.read_text(), d
+    deadline = time.monotonic() + 30
+    while marked_processes(mark) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not marked_processes(mark)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("cluster", "guests", "needles"),
+    [("local:0", "4", ["at least one worker"]),
+     ("local", "4", ["give local:K"]),
+     ("local:2", "4,8", ["not a sweep"])],
+)
+def test_bad_cluster_option(cluster: str, guests: str, needles: list[str], image: Image,
+                            tmp_path: Path, mark: str) -> None:
+    res = scalelab(mark, "up", "--guests", guests, "--cluster", cluster,
+                   "--reports-dir", str(tmp_path))
+    _one_line(res, *needles)
+    _nothing_made(tmp_path, mark)
+
+
+@pytest.mark.integration
+def test_scheduler_that_does_not_answer(tmp_path: Path, mark: str) -> None:
+    t0 = time.monotonic()
+    res = scalelab(mark, "up", "--guests", "4", "--cluster", "tcp://127.0.0.1:9",
+                   "--reports-dir", str(tmp_path))
+    assert time.monotonic() - t0 < 40
+    _one_line(res, "tcp://127.0.0.1:9", "did not answer within 10 s")
+    _nothing_made(tmp_path, mark)
+
+
+@pytest.mark.integration
+def test_pytest_refuses_local_0(tmp_path: Path, mark: str) -> None:
+    res = pytest_run(tmp_path, mark, "scenarios/test_ssh_fanout.py", "--cluster=local:0")
+    assert res.returncode == 4  # usage error
+    assert "at least one worker" in res.stdout + res.stderr
+    _nothing_made(tmp_path, mark)
+
+
+class DaskScheduler:
+    """A real scheduler on a free local port, and workers started as asked; all stopped.
+
+    Its directory is outside pytest's (which only root may enter): workers run as nobody.
+    """
+
+    def __init__(self, mark: str) -> None:
+        from distributed import Client
+
+        self.tmp = Path(tempfile.mkdtemp(prefix="scalelab-test-dask-"))
+        self.tmp.chmod(0o777)
+        self.mark = mark
+        self.procs: list[subprocess.Popen[bytes]] = []
+        file = self.tmp / "scheduler.json"
+        self._start(["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                     "--scheduler-file", str(file)])
+        deadline = time.monotonic() + 120
+        while not file.exists():
+            assert time.monotonic() < deadline, "the scheduler did not start"
+            time.sleep(0.2)
+        time.sleep(0.2)
+        self.address = json.loads(file.read_text())["address"]
+        self.client = Client(  # type: ignore[no-untyped-call]
+            self.address, timeout=60, set_as_default=False
+        )
+
+    def _start(self, args: list[str], user: str | None = None,
+               env: dict[str, str] | None = None) -> None:
+        argv = [str(Path(sys.executable).parent / "dask"), *args]
+        if user:
+            argv = ["setpriv", "--reuid", user, "--regid", user, "--clear-groups", *argv]
+        self.procs.append(subprocess.Popen(
+            argv, cwd=self.tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={**_env(self.mark), **(env or {})},
+        ))
+
+    def worker(self, resources: str, user: str | None = None,
+               env: dict[str, str] | None = None) -> None:
+        n = len(self.client.scheduler_info(n_workers=-1)["workers"])
+        self._start(["worker", self.address, "--no-nanny", "--nthreads", "1",
+                     "--no-dashboard", "--resources", resources,
+                     "--local-directory", str(self.tmp)], user, env)
+        self.client.wait_for_workers(n + 1, timeout=120)
+
+    def stop(self) -> None:
+        self.client.close()  # type: ignore[no-untyped-call]
+        for p in reversed(self.procs):
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def scheduler(mark: str) -> Iterator[DaskScheduler]:
+    s = DaskScheduler(mark)
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("resources", "user", "env", "guests", "needles"),
+    [
+        ("lab=1", "65534", {}, "2", ["runs its Dask worker as uid 65534, not root"]),
+        ("lab=1", None, {"SCALELAB_CACHE": "/nonexistent/scalelab"}, "2",
+         ["has no usable image", "scalelab image build"]),
+        ("lab=1,guests=2", None, {}, "4", ["4 guests asked", "hold at most 2"]),
+        ("other=1", None, {}, "2", ["no worker", "is a lab host", "--resources lab=1"]),
+    ],
+    ids=["not-root", "no-image", "too-many-guests", "no-lab-host"],
+)
+def test_bad_lab_hosts(resources: str, user: str | None, env: dict[str, str], guests: str,
+                       needles: list[str], scheduler: DaskScheduler, image: Image,
+                       tmp_path: Path, mark: str) -> None:
+    scheduler.worker(resources, user, env)
+    reports = tmp_path / "reports"
+    res = scalelab(mark, "up", "--guests", guests, "--cluster", scheduler.address,
+                   "--reports-dir", str(reports))
+    _one_line(res, *needles)
+    assert not run_ids_in(reports)
+    states = Path("/run/scalelab")
+    for d in states.iterdir() if states.is_dir() else []:
+        journal = d / "state.jsonl"
+        if journal.is_file():
+            assert str(reports) not in journal.read_text(), d
