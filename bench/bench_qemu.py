@@ -71,15 +71,18 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--options", default="accel=tcg",
                     help="qemu backend options, e.g. accel=tcg&memory=256M&init=lean")
+    ap.add_argument("--reports-dir", default=None,
+                    help="keep the runs here (default: a temporary directory, removed)")
     args = ap.parse_args()
     backend = f"qemu://?{args.options}"
     mi = machine_info()
     summary = []
     with tempfile.TemporaryDirectory(prefix="scalelab-bench-qemu-") as tmp:
+        reports = Path(args.reports_dir) if args.reports_dir else Path(tmp)
         for n in [int(x) for x in args.guests.split(",")]:
             times: list[float] = []
             for i in range(args.repeat):
-                elapsed, per_guest, desc = lab_once(n, backend, Path(tmp))
+                elapsed, per_guest, desc = lab_once(n, backend, reports)
                 times.append(elapsed)
                 print(f"N={n} run {i + 1}: all {n} guests authenticated in {elapsed:.1f} s",
                       file=sys.stderr)

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from harness.backends import parse_backend
 from harness.backends.base import Guest
 from harness.config import OPTIONS, LabConfig, build_config
 from harness.errors import LabError, UserError
@@ -221,7 +222,8 @@ def lab(request: pytest.FixtureRequest, _lab_pool: dict[str, Lab],
                 the_lab = scalelab_session.lab_up(lab_config.max_guests)
             else:
                 image = ensure_image(
-                    dataclasses.replace(lab_config, recipe=str(recipe), image=None)
+                    dataclasses.replace(lab_config, recipe=str(recipe), image=None),
+                    vm=parse_backend(lab_config.backend).scheme in ("qemu", "xen"),
                 )
                 the_lab = scalelab_session.lab_up(
                     lab_config.max_guests, sub=f"recipe-{image.key}", image=image

@@ -3,25 +3,29 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from leaks import PROJECT, snapshot
+from leaks import PROJECT, Snapshot, snapshot
 
 from harness.backends import load_backend, parse_backend
 from harness.backends.qemu import QemuBackend, qmp
 from harness.config import build_config
 from harness.errors import UserError
+from harness.identity import run_tag
 from harness.image.build import sha256_file
 from harness.image.cache import Image
 from harness.lab import Lab, ensure_image
 from harness.session import Session
-from harness.state import STATE_ROOT, process_alive
+from harness.state import STATE_ROOT, list_states, process_alive
 
 pytestmark = pytest.mark.vm
 N = 2
@@ -55,6 +59,15 @@ def lab(session: Session, vm_image: Image) -> Iterator[Lab]:
     lab.stop()
     assert sha256_file(vm_image.path) == digest_before, "a VM wrote into the shared image"
     assert sha256_file(vm_image.path) == vm_image.digest
+
+
+def ours(before: Snapshot, *run_ids: str) -> dict[str, set[str]]:
+    """What appeared since ``before`` and belongs to these runs (their journal, bridge and
+    taps, named by run id or run tag).  Other people's labs on a shared host are ignored."""
+    marks = [m for r in run_ids for m in (r, run_tag(r))]
+    left = {kind: {v for v in new if any(m in v for m in marks)}
+            for kind, new in before.diff(snapshot()).items()}
+    return {kind: vs for kind, vs in left.items() if vs}
 
 
 def _run(lab: Lab, name: str, cmd: str) -> str:
@@ -190,13 +203,15 @@ def test_kill_and_teardown_leave_nothing(session: Session, vm_image: Image) -> N
     assert not Path(f"/sys/class/net/{tap}").exists()
     assert not disk.exists() and not sock.exists()
     assert not (STATE_ROOT / lab.run_id).exists()
-    assert before.diff(snapshot()) == {}
+    assert ours(before, lab.run_id) == {}
     assert sha256_file(vm_image.path) == vm_image.digest
 
 
-def test_user_networking_forwards_one_loopback_port(vm_image: Image, tmp_path: Path) -> None:
+def test_user_networking_and_tmpfs_upper(vm_image: Image, tmp_path: Path) -> None:
+    """The fallback network (one forwarded loopback port, nothing else reachable) and the
+    seed's tmpfs upper layer, seeded from the guest's disk, in one VM."""
     before = snapshot()
-    cfg = build_config({"guests": "1", "backend": "qemu://?accel=tcg&net=user",
+    cfg = build_config({"guests": "1", "backend": "qemu://?accel=tcg&net=user&upper=tmpfs",
                         "reports_dir": str(tmp_path)}, PROJECT)
     s = Session(cfg)
     try:
@@ -207,11 +222,85 @@ def test_user_networking_forwards_one_loopback_port(vm_image: Image, tmp_path: P
         out = _run(lab, g.name, "hostname; ip -4 -o addr show eth0; ip -4 route")
         assert out.splitlines()[0] == g.name and f"inet {g.spec.ip} " in out
         assert "default" not in out
+        mounts = {ln.split()[1]: ln.split() for ln in _run(lab, g.name, "cat /proc/mounts")
+                  .splitlines()}
+        assert mounts["/"][2] == "overlay" and mounts["/rw"][2] == "tmpfs"
+        assert "/dev/vdb" not in {m[0] for m in mounts.values()}  # the seed disk is let go
+        assert _run(lab, g.name, "cat /rw/upper/etc/hostname").strip() == g.name
         pid = int(g.info["pid"])
     finally:
         assert s.finish(render=False) == []
     assert not Path(f"/proc/{pid}").exists()
-    assert before.diff(snapshot()) == {}
+    assert ours(before, s.run_id) == {}
+
+
+def test_systemd_boot(vm_image: Image, tmp_path: Path) -> None:
+    """init=systemd: the same identity, address and sshd, started by a unit (slow: TCG)."""
+    before = snapshot()
+    cfg = build_config({"guests": "1", "backend": "qemu://?accel=tcg&init=systemd",
+                        "reports_dir": str(tmp_path)}, PROJECT)
+    s = Session(cfg)
+    try:
+        lab = s.lab_up(1)
+        g = lab.guests[0]
+        assert _run(lab, g.name, "cat /proc/1/comm").strip() == "systemd"
+        out = _run(lab, g.name, "hostname; ip -4 -o addr show eth0; "
+                   "systemctl is-active scalelab-guest.service; pgrep -c sshd")
+        name, addr, active, n_sshd = out.strip().splitlines()
+        assert name == g.name and f"inet {g.spec.ip} " in addr and active == "active"
+        assert int(n_sshd) >= 1
+        assert _run(lab, g.name, "grep ' / ' /proc/mounts").split()[2] == "overlay"
+    finally:
+        assert s.finish(render=False) == []
+    assert ours(before, s.run_id) == {}
+
+
+UP_AND_WAIT = """
+import sys
+from pathlib import Path
+from harness.config import build_config
+from harness.identity import run_tag
+from harness.session import Session
+cfg = build_config({"guests": "2", "backend": "qemu://?accel=tcg",
+                    "reports_dir": sys.argv[1]}, Path(sys.argv[2]))
+Session(cfg).lab_up(2)
+sys.stdin.read()
+"""
+
+
+def test_sigkill_owner_during_boot_then_clean(vm_image: Image, tmp_path: Path) -> None:
+    """The owner dies while its VMs boot; `scalelab clean` kills the VMs (by pid and start
+    time from the journal) and removes their taps, bridge, disks and sockets."""
+    before = snapshot()
+    known = {st.run_id for st in list_states()}
+    proc = subprocess.Popen([sys.executable, "-c", UP_AND_WAIT, str(tmp_path), str(PROJECT)],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        state = None
+        while time.monotonic() < deadline:
+            mine = [st for st in list_states() if st.run_id not in known
+                    and st.header.get("pid") == proc.pid]
+            if mine and sum(r.kind == "process" for r in mine[0].resources) == 2:
+                state = mine[0]
+                break
+            time.sleep(0.1)
+        assert state is not None, "the VMs were never journalled"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    pids = [(int(r.get("pid")), r.get("start")) for r in state.resources if r.kind == "process"]
+    links = [str(r.get("name")) for r in state.resources if r.kind == "link"]
+    assert all(process_alive(p, st) for p, st in pids)  # VMs outlive their owner...
+    out = subprocess.run([sys.executable, "-m", "harness.cli", "clean"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert state.run_id in out.stdout
+    assert not any(process_alive(p, st) for p, st in pids)  # ...and clean ends them
+    assert not [n for n in links if Path(f"/sys/class/net/{n}").exists()]
+    assert not state.dir.exists()
+    assert ours(before, state.run_id) == {}
+    assert sha256_file(vm_image.path) == vm_image.digest
 
 
 def test_check_refuses_clearly(vm_image: Image, tmp_path: Path,
@@ -257,4 +346,4 @@ def test_pytest_plugin_ssh_fanout_on_qemu(vm_image: Image, tmp_path: Path) -> No
     assert info["backend"]["name"] == "qemu" and info["backend"]["accel"] == "tcg"
     t = pd.read_parquet(run / "timings.parquet")
     assert set(t[t["op"] == "booted"]["guest"]) == {"g000", "g001"}
-    assert before.diff(snapshot()) == {}
+    assert ours(before, run.name) == {}

@@ -12,6 +12,12 @@ faults.  A thread follows the consoles and reports ``booted`` when the guest's i
 its marker, so ``up()`` returns as soon as every VM is spawned.
 
     qemu://?memory=256M&accel=auto&net=auto&init=lean
+
+Options: ``memory`` guest RAM (the lab's --guest-memory wins); ``accel`` auto|kvm|tcg;
+``net`` auto|tap|user (auto: tap unless impossible); ``init`` lean|systemd; ``upper``
+disk|tmpfs (where the overlay's writable layer lives); ``disk`` size of the writable disk;
+``smp`` vCPUs; ``cpu`` TCG CPU model; ``tb_size`` TCG translation cache (MiB); ``quiet``
+1|0 (kernel messages on the console); ``append`` more kernel command line.
 """
 
 from __future__ import annotations
@@ -45,8 +51,8 @@ from harness.state import proc_start_time, teardown
 QEMU = "qemu-system-x86_64"
 #: What the guest's init prints first (lean init, or the systemd unit): "booted".
 BOOT_MARKER = b"scalelab-init: userspace"
-#: Host memory a VM costs beyond its guest RAM (QEMU itself, TCG's translation cache...),
-#: used only to refuse labs that cannot fit.
+#: Host memory a VM costs beyond its guest RAM and TCG's translation cache (QEMU itself,
+#: its devices), used only to refuse labs that cannot fit.
 QEMU_OVERHEAD = 64 << 20
 DEFAULTS = {
     "memory": "256M",
@@ -59,7 +65,9 @@ DEFAULTS = {
     "cpu": "",
     "quiet": "1",
     "append": "",
-    "tb_size": "",
+    # TCG's translation cache in MiB.  QEMU's default is 1 GiB, and with transparent huge
+    # pages a boot leaves ~250 MiB of it resident per VM; 64 MiB holds a guest's hot code.
+    "tb_size": "64",
 }
 CHOICES = {
     "accel": ("auto", "kvm", "tcg"),
@@ -145,12 +153,16 @@ def make_guest_disk(spec: GuestSpec, client_public_key: str, path: Path, size: i
         raise LabError(f"mkfs.ext4 for {spec.name}'s disk failed: {out.stderr.strip()}")
 
 
-def _free_port() -> int:
-    """A loopback TCP port nobody listens on now (QEMU binds it a moment later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+def _free_port(taken: set[int]) -> int:
+    """A loopback TCP port nobody listens on now (QEMU binds it a moment later), and not
+    one already handed to another VM of this run that has not bound it yet."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port not in taken:
+            taken.add(port)
+            return port
 
 
 # -- QMP ------------------------------------------------------------------------------------
@@ -311,6 +323,8 @@ class QemuBackend(Backend):
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._spawning = False
+        self._ports: set[int] = set()
         self._dir: Path | None = None
 
     # -- options -----------------------------------------------------------------------------
@@ -341,6 +355,11 @@ class QemuBackend(Backend):
         return _size_bytes((spec.memory if spec and spec.memory else None)
                            or self.opts["memory"])
 
+    def overhead_bytes(self) -> int:
+        """What QEMU itself may keep resident beside the guest's RAM."""
+        tb = int(self.opts["tb_size"] or 1024) << 20 if self.accel != "kvm" else 0
+        return QEMU_OVERHEAD + tb
+
     # -- lifecycle -----------------------------------------------------------------------
 
     def check(self, image: Image, n_guests: int) -> None:
@@ -360,11 +379,12 @@ class QemuBackend(Backend):
                 f"qemu option init=systemd: image {image.key} has no systemd; rebuild it with "
                 "`scalelab image build --vm --force`"
             )
-        need = n_guests * (self.memory_bytes() + QEMU_OVERHEAD)
+        overhead = self.overhead_bytes()
+        need = n_guests * (self.memory_bytes() + overhead)
         avail = mem_available()
         if need > avail:
             raise UserError(
-                f"{n_guests} VMs of {self.opts['memory']} (+{QEMU_OVERHEAD >> 20}M for QEMU "
+                f"{n_guests} VMs of {self.opts['memory']} (+{overhead >> 20}M for QEMU "
                 f"each) need {need >> 20} MiB, the host has {avail >> 20} MiB available: "
                 "use fewer guests or a smaller memory="
             )
@@ -434,6 +454,8 @@ class QemuBackend(Backend):
         net = spec.ip.network
         parts = [
             "console=ttyS0", "root=/dev/vda", "ro", "rootfstype=ext4", "panic=-1",
+            # No BIOS disk probing: the kernel finds its disks on virtio.
+            "edd=off",
             # Interface names as the kernel gives them: the init looks for eth0.
             "net.ifnames=0",
             f"hostname={spec.name}",
@@ -488,7 +510,8 @@ class QemuBackend(Backend):
             # The guest's own disk, thrown away with the run: no flushes to wait for.
             "-drive", f"file={_opt_path(disk)},format=raw,if=virtio,cache=unsafe",
             "-netdev", self._netdev(spec, tap, port),
-            "-device", f"virtio-net-pci,netdev=net0,mac={spec.mac}",
+            # No option ROM (iPXE): the guest never boots from the network.
+            "-device", f"virtio-net-pci,netdev=net0,mac={spec.mac},romfile=",
             # Entropy from the host: sshd would otherwise wait for the guest's crng.
             "-device", "virtio-rng-pci",
             "-serial", f"file:{_opt_path(console)}",
@@ -510,8 +533,21 @@ class QemuBackend(Backend):
                 batch += labnet.tap_lines(tap_dev, self.bridge, spec)
             labnet.ip_batch(batch)
         disk_size = _size_bytes(self.opts["disk"])
-        guests = []
         self._stop.clear()
+        self._spawning = True  # the console follower stays while VMs are still coming
+        try:
+            guests = self._spawn_all(specs, taps, disk_size)
+        finally:
+            self._spawning = False
+        self.guests = guests
+        return guests
+
+    def _spawn_all(self, specs: Sequence[GuestSpec], taps: dict[str, str], disk_size: int
+                   ) -> list[Guest]:
+        assert self.ctx is not None and self._dir is not None
+        ctx = self.ctx
+        logs = ctx.run_dir / "guests"
+        guests = []
         t_created = now_ns()
         for spec in specs:
             disk = self._dir / f"{spec.name}.img"
@@ -521,7 +557,7 @@ class QemuBackend(Backend):
             console = logs / f"{spec.name}.console.log"
             qmp_path = self._dir / f"{spec.name}.qmp"
             tap = taps.get(spec.name)
-            port = 22 if tap else _free_port()
+            port = 22 if tap else _free_port(self._ports)
             argv = self._argv(spec, disk, console, qmp_path, tap, port)
             (logs / f"{spec.name}.qemu.argv").write_text(json.dumps(argv) + "\n")
             log = open(logs / f"{spec.name}.qemu.log", "wb")  # noqa: SIM115 - the child's
@@ -544,7 +580,6 @@ class QemuBackend(Backend):
                 "console": str(console), "disk": str(disk), "qmp": str(qmp_path),
                 "pid": proc.pid, "tap": tap or "", "accel": self.accel,
             }))
-        self.guests = guests
         return guests
 
     # -- following the consoles ------------------------------------------------------------
@@ -560,7 +595,7 @@ class QemuBackend(Backend):
             with self._lock:
                 pending = [vm for vm in self._vms.values()
                            if vm.booted_ns is None and not vm.exit_noted]
-            if not pending:
+            if not pending and not self._spawning:
                 return
             for vm in pending:
                 self._poll_console(vm)

@@ -85,6 +85,9 @@ class Recipe:
         h.update(json.dumps(desc, sort_keys=True).encode())
         for f in self.files:
             _hash_tree(h, f.src)
+        if self.vm:
+            # The initramfs hook and the guest's init are part of every VM image.
+            _hash_tree(h, Path(__file__).parent / "initramfs")
         return h.hexdigest()[:16]
 
     def describe(self) -> dict[str, Any]:
