@@ -64,10 +64,13 @@ from harness.ssh import GuestError, run_on
 from harness.state import Resource, teardown
 
 DEFAULT_WORKDIR = "/var/lib/scalelab/xen"
-#: Kernel modules whose absence makes ``xl create`` fail in ways that are hard to read.
+#: Seconds for a quick command on dom0 (``xl info``, ``xl list``, ``mkdir``...).
 SHORT_TIMEOUT = 60.0
 #: ``xl create`` of a PV domU takes ~13 s on a nested Xen under QEMU TCG.
 CREATE_TIMEOUT = 300.0
+#: What libxl says when a hotplug script was too slow (a loaded dom0): worth one retry.
+TRANSIENT = ("because of timeout", "scripts/block failed", "unable to add disk devices",
+             "unable to add vif devices", "scripts/vif-bridge failed")
 
 
 # -- options --------------------------------------------------------------------------------
@@ -206,10 +209,12 @@ class Result:
     err: str
 
     def message(self) -> str:
-        """What the command said, for an error line: its last stderr lines, else stdout."""
+        """What the command said, for an error line: its first error lines (libxl's first
+        error is the cause, the rest is the clean-up), else its last lines."""
         text = (self.err.strip() or self.out.strip() or f"exit status {self.rc}")
         lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-        return " | ".join(lines[-4:])
+        errors = [ln for ln in lines if "error" in ln.lower()]
+        return " | ".join(errors[:3] if errors else lines[-4:])
 
 
 class Dom0(abc.ABC):
@@ -267,8 +272,7 @@ class LocalDom0(Dom0):
         subprocess.run(["cp", "--sparse=always", str(local), remote], check=True)
 
     def write_text(self, remote: str, text: str) -> None:
-        with open(remote, "x") as f:
-            f.write(text)
+        Path(remote).write_text(text)
 
 
 class RemoteDom0(Dom0):
@@ -277,8 +281,6 @@ class RemoteDom0(Dom0):
     def __init__(self, target: Target, client: paramiko.SSHClient) -> None:
         super().__init__(target)
         self.client = client
-        self._sftp: paramiko.SFTPClient | None = None
-        self._lock = threading.Lock()
 
     def run(self, argv: Sequence[str], *, timeout: float = SHORT_TIMEOUT,
             stdin: bytes | None = None) -> Result:
@@ -291,19 +293,13 @@ class RemoteDom0(Dom0):
             return Result(255, "", f"lost the connection to dom0: {exc}")
         return Result(res.exit_status, res.stdout, res.stderr)
 
-    def sftp(self) -> paramiko.SFTPClient:
-        with self._lock:
-            if self._sftp is None:
-                self._sftp = self.client.open_sftp()
-            return self._sftp
-
     def put(self, local: Path, remote: str) -> None:
         # One SFTP session per upload: uploads run in parallel threads.
         with self.client.open_sftp() as sftp:
             sftp_put_sparse(sftp, local, remote)
 
     def write_text(self, remote: str, text: str) -> None:
-        with self.client.open_sftp() as sftp, sftp.open(remote, "wx") as f:
+        with self.client.open_sftp() as sftp, sftp.open(remote, "w") as f:
             f.write(text.encode())
 
     @property
@@ -317,9 +313,6 @@ class RemoteDom0(Dom0):
         return known_hosts_line(self.target.host, self.target.port, key)
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            if self._sftp is not None:
-                self._sftp.close()
         with contextlib.suppress(Exception):
             self.client.close()
 
@@ -442,17 +435,52 @@ def _target(kwargs_target: dict[str, Any]) -> Target:
     return Target(**kwargs_target)
 
 
-def destroy_domain(target: dict[str, Any], name: str) -> None:
-    """Destroy domU ``name`` if it exists (journal callback)."""
-    t = _target(target)
-    if (t.pool_key, "domain", name) in _DONE:
-        return
-    d = dom0_for(t)
+def _done_key(target: Target, res: Resource) -> tuple[Any, ...]:
+    """The ``_DONE`` entry of a journal callback of this module."""
+    kw = res.get("kwargs", {})
+    if "path" in kw:
+        return (target.pool_key, "path", kw["path"])
+    if "loops" in kw:
+        return (target.pool_key, "loops", tuple(map(tuple, kw["loops"])))
+    if "cidr" in kw:
+        return (target.pool_key, "address", kw["bridge"], kw["cidr"])
+    return (target.pool_key, "domain", kw.get("name"))
+
+
+def domain_loops(d: Dom0, name: str) -> list[list[str]]:
+    """[loop device, backing file] of each file-backed disk of domain ``name``."""
+    res = d.sh('id=$(xl domid "$1") && xenstore-ls -f "/local/domain/0/backend/vbd/$id"', name)
+    fields: dict[str, dict[str, str]] = {}
+    for line in res.out.splitlines():
+        path, sep, value = line.partition(" = ")
+        if not sep:
+            continue
+        devpath, _, key = path.rpartition("/")
+        if key in ("node", "params"):
+            fields.setdefault(devpath, {})[key] = value.strip().strip('"')
+    return [[f["node"], f["params"]] for f in fields.values()
+            if f.get("node", "").startswith("/dev/loop") and f.get("params")]
+
+
+def destroy_on(d: Dom0, name: str) -> None:
+    """``xl destroy`` domain ``name`` if it exists, then detach the loop devices it had
+    (libxl's block script sometimes leaves them: it reads the device back from xenstore,
+    racing the removal of the backend's entries)."""
     if d.run(["xl", "domid", name]).rc != 0:
         return
+    loops = domain_loops(d, name)
     res = d.run(["xl", "destroy", name], timeout=CREATE_TIMEOUT)
     if res.rc != 0 and d.run(["xl", "domid", name]).rc == 0:
         raise LabError(f"xl destroy {name} on dom0 {d.label}: {res.message()}")
+    if loops:
+        _release(d, loops)
+
+
+def destroy_domain(target: dict[str, Any], name: str) -> None:
+    """Destroy domU ``name`` if it exists (journal callback)."""
+    t = _target(target)
+    if (t.pool_key, "domain", name) not in _DONE:
+        destroy_on(dom0_for(t), name)
 
 
 def remove_path(target: dict[str, Any], path: str) -> None:
@@ -466,6 +494,48 @@ def remove_path(target: dict[str, Any], path: str) -> None:
     # Loop devices still on a file (a domU that died half-way) would keep it busy.
     d.sh('for l in $(losetup -n -O NAME -j "$1" 2>/dev/null); do losetup -d "$l"; done; '
          'rm -rf -- "$1"', path)
+
+
+#: Detach loop devices that still back the file they backed when this run attached them
+#: and that no live vbd backend uses, under the hotplug scripts' own lock.
+_RELEASE_LOOPS = r"""
+lock=/run/xen-hotplug/block
+[ -d /run/xen-hotplug ] || lock=/dev/null
+exec 9>>"$lock"; flock -w 60 9 2>/dev/null
+used=" $(xenstore-ls -f /local/domain/0/backend/vbd 2>/dev/null |
+        sed -n 's|.*/node = "\(.*\)"$|\1|p' | tr '\n' ' ') "
+while [ $# -gt 1 ]; do
+    dev=$1; file=$(readlink -f "$2"); shift 2
+    [ "$(cat "/sys/block/${dev#/dev/}/loop/backing_file" 2>/dev/null)" = "$file" ] || continue
+    case "$used" in *" $dev "*) continue ;; esac
+    losetup -d "$dev" || echo "cannot detach $dev ($file)" >&2
+done
+"""
+
+
+def loops_on(d: Dom0, files: Sequence[str]) -> list[tuple[str, str]]:
+    """(loop device, backing file) of every loop device on dom0 backed by one of ``files``."""
+    out = d.run(["losetup", "-n", "-l", "-O", "NAME,BACK-FILE"]).out
+    wanted = set(files)
+    pairs = []
+    for line in out.splitlines():
+        dev, _, back = line.strip().partition(" ")
+        if back.strip() in wanted:
+            pairs.append((dev, back.strip()))
+    return pairs
+
+
+def _release(d: Dom0, loops: list[list[str]]) -> None:
+    res = d.sh(_RELEASE_LOOPS, *[x for pair in loops for x in pair])
+    if res.rc != 0 or res.err.strip():
+        raise LabError(f"releasing loop devices on dom0 {d.label}: {res.message()}")
+
+
+def release_loops(target: dict[str, Any], loops: list[list[str]]) -> None:
+    """Detach the loop devices a run's domUs had, if libxl left them (journal callback)."""
+    t = _target(target)
+    if (t.pool_key, "loops", tuple(map(tuple, loops))) not in _DONE:
+        _release(dom0_for(t), loops)
 
 
 def remove_address(target: dict[str, Any], bridge: str, cidr: str) -> None:
@@ -595,6 +665,8 @@ class _Domain:
     cfg: str
     disk: str
     domid: int | None = None
+    loops: list[list[str]] = field(default_factory=list)
+    retries: int = 0
 
 
 @dataclass
@@ -727,9 +799,12 @@ class XenBackend(Backend):
         self._record("remove_path", path=self.run_dir)
         d.check(["mkdir", "-p", self.run_dir], "making the run directory")
         if self.target.local:
-            self.files = {k: str(v) for k, v in bundle_sources(image).items()}
+            files = {k: str(v) for k, v in bundle_sources(image).items()}
         else:
-            self.files = self._ensure_bundle(d, image)
+            files = self._ensure_bundle(d, image)
+        # Real paths: xenstore, losetup and the journal then all name a file the same way.
+        real = d.check(["readlink", "-f", *files.values()], "resolving the image paths")
+        self.files = dict(zip(files, real.splitlines(), strict=True))
         self._bridge_address(d, ctx)
         if isinstance(d, RemoteDom0):
             self.jump = Jump(self.target.host, self.target.port, self.target.user,
@@ -830,10 +905,28 @@ class XenBackend(Backend):
         self._record("destroy_domain", name=cfg.name)
         with self._lock:
             self.domains[spec.name] = dom
-        res = d.run(["xl", "create", cfg_path], timeout=CREATE_TIMEOUT)
-        if res.rc != 0:
-            raise _CreateFailed(spec.name, cfg.name, res.message())
+        files = [self.files["base.img"], disk]
+        before = {dev for dev, _ in loops_on(d, files)}
+        for attempt in (1, 2):
+            res = d.run(["xl", "create", cfg_path], timeout=CREATE_TIMEOUT)
+            if res.rc == 0:
+                break
+            # Take down what xl may have left, and the loop devices it attached for this
+            # attempt (libxl does not always detach them when a hotplug script failed).
+            with contextlib.suppress(LabError):
+                destroy_on(d, cfg.name)
+                stray = [[dev, f] for dev, f in loops_on(d, files) if dev not in before]
+                if stray:
+                    _release(d, stray)
+            if attempt == 2 or not any(m in res.err for m in TRANSIENT):
+                raise _CreateFailed(spec.name, cfg.name, res.message())
+            dom.retries += 1
         ctx.on_phase(spec.name, "started", t1, now_ns())
+        # libxl's block script sometimes leaves a loop device behind on destroy (it reads
+        # the device back from xenstore, racing the removal): note this domU's own.
+        dom.loops = domain_loops(d, cfg.name)
+        if dom.loops:
+            self._record("release_loops", loops=dom.loops)
         return dom
 
     def up(self, specs: Sequence[GuestSpec]) -> list[Guest]:
@@ -853,9 +946,13 @@ class XenBackend(Backend):
                                                                          spec.name), str(exc)))
         if failures:
             first = failures[0]
-            # Half-way: take down the domUs already created before saying what failed.
+            # Half-way: take down the domUs already created before saying what failed (and
+            # whatever xl may have left of the failed ones).
             for dom in created:
                 self._destroy(dom)
+            for f in failures:
+                with contextlib.suppress(LabError):
+                    destroy_on(self.dom0, f.domain)
             more = f" ({len(failures) - 1} more failed)" if len(failures) > 1 else ""
             raise LabError(
                 f"xl create of domU {first.domain} (guest {first.guest}) failed on dom0 "
@@ -872,7 +969,8 @@ class XenBackend(Backend):
                                f"(crashed at once?): see its console on dom0 {self.dom0.label}")
             guests.append(Guest(spec, spec.address, 22, jump=self.jump,
                                 lab_host=self.target.host or "local",
-                                info={"domain": dom.name, "domid": dom.domid, "disk": dom.disk}))
+                                info={"domain": dom.name, "domid": dom.domid, "disk": dom.disk,
+                                      "create_retries": dom.retries}))
         self.guests += guests
         return guests
 
@@ -902,12 +1000,15 @@ class XenBackend(Backend):
     # -- down --------------------------------------------------------------------------------
 
     def _destroy(self, dom: _Domain) -> str | None:
+        """Destroy one domU of this run; a problem met is returned, not raised."""
         assert self.dom0 is not None
-        d = self.dom0
-        res = d.run(["xl", "destroy", dom.name], timeout=CREATE_TIMEOUT)
-        if res.rc != 0 and d.run(["xl", "domid", dom.name]).rc == 0:
-            return f"xl destroy {dom.name}: {res.message()}"
+        try:
+            destroy_on(self.dom0, dom.name)
+        except LabError as exc:
+            return str(exc)
         _DONE.add((self.target.pool_key, "domain", dom.name))
+        if dom.loops:
+            _DONE.add((self.target.pool_key, "loops", tuple(map(tuple, dom.loops))))
         return None
 
     def down(self) -> list[str]:
@@ -928,15 +1029,13 @@ class XenBackend(Backend):
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xl-destroy") as p:
                 problems += [m for m in p.map(self._destroy, doomed) if m]
         if not problems:
-            # Every domU is gone: the files and the address can go (newest first).
-            problems += teardown(reversed(list(self._resources_of("remove_path",
-                                                                   "remove_address"))))
-            for res in self._resources:
-                kw = res.get("kwargs", {})
-                if "path" in kw:
-                    _DONE.add((self.target.pool_key, "path", kw["path"]))
-                elif "cidr" in kw:
-                    _DONE.add((self.target.pool_key, "address", kw["bridge"], kw["cidr"]))
+            # Every domU is gone: loops, files and the address can go (newest first).
+            for res in reversed(list(self._resources_of(
+                    "release_loops", "remove_path", "remove_address"))):
+                met = teardown([res])
+                problems += met
+                if not met:
+                    _DONE.add(_done_key(self.target, res))
         self.domains.clear()
         self.guests = []
         return problems
@@ -953,6 +1052,7 @@ class XenBackend(Backend):
         out["bridge"] = self.opts.bridge
         out["memory_mib"] = self.opts.memory_mib
         out["vcpus"] = self.opts.vcpus
+        out["bridge_address_added"] = self._address
         if self.facts is not None:
             out["xen_version"] = self.facts.xen_version
             out["dom0_cpus"] = self.facts.nr_cpus
@@ -998,7 +1098,8 @@ class XenBackend(Backend):
                         timeout=CREATE_TIMEOUT)
 
     def kill(self, guest: Guest) -> None:
-        self._xl("destroy", guest)
+        assert self.dom0 is not None
+        destroy_on(self.dom0, str(guest.info["domain"]))
 
     def pause(self, guest: Guest) -> None:
         self._xl("pause", guest)

@@ -15,7 +15,8 @@ mountpoint -q /run || mount -t tmpfs -o mode=0755 tmpfs /run
 mount -o remount,rw /
 mount -t tmpfs tmpfs /tmp
 mount -t xenfs xenfs /proc/xen
-for m in xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xen-blkback xen-netback loop; do
+# virtio_net too: the initramfs carries only the disk drivers and dom0 runs no udev.
+for m in virtio_net xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xen-blkback xen-netback loop; do
     modprobe "$m" || say "modprobe $m failed"
 done
 hostname xenlab-dom0
@@ -25,6 +26,8 @@ mount -o ro /dev/vdb /mnt/seed || say "no seed disk"
 . /mnt/seed/lab.env
 
 ip link set lo up
+i=0
+until [ -e /sys/class/net/eth0 ] || [ $i -gt 100 ]; do i=$((i + 1)); sleep 0.1; done
 ip addr add 10.0.2.15/24 dev eth0
 ip link set eth0 up
 ip link add "$BRIDGE" type bridge

@@ -35,7 +35,7 @@ import paramiko
 
 from harness.backends.xen import BUNDLE_FILES, bundle_id, bundle_sources, known_hosts_line
 from harness.identity import KeyPair
-from harness.image.cache import Image
+from harness.image.cache import Image, resolve
 from harness.ssh import CommandResult, load_private_key, run_on
 
 from .image import ROOT, Dom0Image, build_dom0_image
@@ -183,8 +183,7 @@ def start_lab(images: list[Image], *, boot_timeout: float = 300.0,
         timings["seed_disk_s"] = time.monotonic() - t1
         port = free_port()
         known = workdir / "known_hosts"
-        pkey = paramiko.Ed25519Key.from_private_key(
-            __import__("io").StringIO(host_key.private_openssh))
+        pkey = load_private_key(host_key.private_openssh)
         known.write_text(known_hosts_line("127.0.0.1", port, pkey) + "\n")
         console = workdir / "console.log"
         argv = qemu_argv(dom0, seed, port, console)
@@ -229,13 +228,35 @@ def _wait_ready(lab: XenLab, t_start: float, timeout: float) -> None:
 
 
 @contextlib.contextmanager
-def running_lab(images: list[Image] | None = None, **kw: float) -> Iterator[XenLab]:
+def pinned_image(image: Image, root: Path = ROOT) -> Iterator[Image]:
+    """``image`` hard-linked into a directory of its own for the lab's lifetime: a rebuild
+    of the shared image cache (``--force``) meanwhile cannot change what the lab runs."""
+    root.mkdir(parents=True, exist_ok=True)
+    snap = Path(tempfile.mkdtemp(prefix=f"image-{image.key}-", dir=root))
+    try:
+        for f in image.dir.iterdir():
+            if f.is_file():
+                try:
+                    os.link(f, snap / f.name)
+                except OSError:
+                    shutil.copy2(f, snap / f.name)
+        pinned = resolve(str(snap))
+        pinned.check()
+        yield pinned
+    finally:
+        shutil.rmtree(snap, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_lab(images: list[Image] | None = None, *,
+                boot_timeout: float = 300.0) -> Iterator[XenLab]:
     """A booted xenlab, torn down (QEMU stopped, files removed) on exit."""
-    lab = start_lab(images or [], **kw)
+    lab = start_lab(images or [], boot_timeout=boot_timeout)
     try:
         yield lab
     finally:
         lab.close()
 
 
-__all__ = ["BRIDGE_SUBNET", "BUNDLE_FILES", "XenLab", "running_lab", "start_lab"]
+__all__ = ["BRIDGE_SUBNET", "BUNDLE_FILES", "XenLab", "pinned_image", "running_lab",
+           "start_lab"]
