@@ -34,9 +34,15 @@ def _one_clear_line(res: subprocess.CompletedProcess[str], *needles: str) -> Non
 
 
 def _a_host_route() -> str:
-    routes = [r for r in host_routes() if r.prefixlen >= 8 and r.version == 4]
-    assert routes, "this host has no IPv4 route to overlap"
-    return str(routes[0])
+    """A route of this host that is not a lab's (labs come and go; the uplink stays)."""
+    import json
+
+    out = subprocess.run(["ip", "-j", "-4", "route"], capture_output=True, text=True)
+    for r in json.loads(out.stdout or "[]"):
+        dst, dev = r.get("dst", ""), r.get("dev", "")
+        if dst not in ("", "default") and not dev.startswith(("sl", "lo")):
+            return str(ipaddress.IPv4Network(dst, strict=False))
+    raise AssertionError("this host has no IPv4 route to overlap")
 
 
 @pytest.mark.parametrize(
