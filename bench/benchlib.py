@@ -98,6 +98,9 @@ def missing_commands(names: Iterable[str]) -> list[str]:
 # -- cleanup ---------------------------------------------------------------------------------
 
 
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+
+
 @dataclass
 class Cleanup:
     """A LIFO of undo actions, registered before the resource they undo exists."""
@@ -108,14 +111,21 @@ class Cleanup:
         self.actions.append((what, undo))
 
     def run(self) -> list[str]:
-        """Undo everything (newest first); returns the problems met, never raises."""
+        """Undo everything (newest first); returns the problems met, never raises.
+
+        SIGINT/SIGTERM/SIGHUP are held back while it runs (and delivered afterwards), so a
+        second Ctrl-C cannot cut a cleanup short."""
         problems = []
-        while self.actions:
-            what, undo = self.actions.pop()
-            try:
-                undo()
-            except Exception as exc:
-                problems.append(f"{what}: {exc}")
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            while self.actions:
+                what, undo = self.actions.pop()
+                try:
+                    undo()
+                except BaseException as exc:
+                    problems.append(f"{what}: {type(exc).__name__}: {exc}")
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
         return problems
 
 
@@ -231,3 +241,26 @@ def du_bytes(paths: dict[str, Path]) -> dict[str, int]:
         if path in back:
             result[back[path]] = int(kib) * 1024
     return result
+
+
+def _cpu_ticks(pid: int) -> int:
+    """utime+stime of a process and of its reaped children, in clock ticks (0 if gone)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return sum(int(x) for x in fields[11:15])
+    return 0
+
+
+def tree_cpu_seconds(roots: Iterable[int]) -> float:
+    """CPU seconds used so far by the process trees under ``roots`` (reaped ones included)."""
+    kids = _children_map()
+    ticks = sum(_cpu_ticks(p) for r in roots for p in process_tree(r, kids))
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """CPU seconds of this process (all threads) and of its waited-for child processes."""
+    import resource
+
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + kids.ru_utime + kids.ru_stime

@@ -16,6 +16,7 @@ for every peer; only the way the guest and its root filesystem are made differs:
 from __future__ import annotations
 
 import abc
+import contextlib
 import ipaddress
 import os
 import shlex
@@ -28,11 +29,11 @@ from pathlib import Path
 from typing import ClassVar
 
 import paramiko
-from benchlib import Cleanup, du_bytes, ip_batch, kill_tree, run, umount
+from benchlib import Cleanup, du_bytes, ip_batch, kill_tree, run
 
 from harness.backends.base import Guest
 from harness.identity import GuestSpec
-from harness.ssh import HandshakeGate, ReadyOptions, connect_ready, host_keys_for
+from harness.ssh import HandshakeGate, ReadyOptions, connect_ready, host_keys_for, run_on
 
 SSHD = ("/usr/sbin/sshd -D -e -f /etc/scalelab/sshd_config "
         "-h /etc/scalelab-id/ssh_host_ed25519_key "
@@ -109,14 +110,20 @@ def ready_check(guest: Guest, key: paramiko.PKey, host_keys: paramiko.HostKeys,
     """scalelab's own readiness wait (pinned host key, RejectPolicy, ``cat /etc/hostname``
     must print the guest's name): the same check for every peer."""
     opts = ReadyOptions(timeout=timeout)
-    return connect_ready(guest, key, host_keys, gate, lambda *a: None, opts)
+    client: paramiko.SSHClient = connect_ready(guest, key, host_keys, gate, lambda *a: None,
+                                               opts)
+    return client
 
 
 # -- peers -----------------------------------------------------------------------------------
 
 
 class Peer(abc.ABC):
-    """One way of making guests. ``launch`` starts one guest; the driver waits on SSH."""
+    """One way of making guests. ``launch`` starts one guest; the driver waits on SSH.
+
+    Every guest's name is in ``attempted`` before anything of it exists, and ``down`` (which
+    the constructor registers in the cleanup stack) removes whatever was attempted.
+    """
 
     name: ClassVar[str]
     commands: ClassVar[tuple[str, ...]] = ()
@@ -125,33 +132,48 @@ class Peer(abc.ABC):
     launch_jobs: ClassVar[int] = 4
 
     def __init__(self, work: Path, base: Path, net: LabNet, cleanup: Cleanup) -> None:
-        self.work, self.base, self.net, self.cleanup = work, base, net, cleanup
+        self.work, self.base, self.net = work, base, net
         self.roots: dict[str, int] = {}
+        self.attempted: list[str] = []
         self._lock = threading.Lock()
+        cleanup.add(f"{self.name} guests", self.down)
 
-    def prepare(self) -> None:
+    def prepare(self) -> None:  # noqa: B027 - most peers need none
         """Per-repetition set-up (inside the timed region)."""
 
-    @abc.abstractmethod
     def launch(self, spec: GuestSpec, ident: Path) -> None:
         """Start one guest whose identity directory is ``ident``."""
+        with self._lock:
+            self.attempted.append(spec.name)
+        self._launch(spec, ident)
+
+    @abc.abstractmethod
+    def _launch(self, spec: GuestSpec, ident: Path) -> None: ...
+
+    def _set_root(self, name: str, pid: int) -> None:
+        with self._lock:
+            self.roots[name] = pid
 
     def root_pids(self) -> dict[str, int]:
         """guest → root of its process tree on the host (the tool's monitor if any)."""
         return dict(self.roots)
 
-    def disk(self) -> dict[str, int]:
+    def disk(self, clients: dict[str, paramiko.SSHClient]) -> dict[str, int]:
         """guest → bytes of disk (or tmpfs) the guest's own layer or copy uses."""
         return {}
 
     def down(self) -> None:
-        """Stop every guest (the cleanup stack removes the rest)."""
+        """Stop every guest attempted; idempotent."""
         for pid in self.roots.values():
             kill_tree(pid)
 
 
 class _PopenPeer(Peer):
-    """Guests that are a foreground process of ours (scalelab-like, copy, nspawn)."""
+    """Guests that are a foreground process of ours (copy, nspawn)."""
+
+    def __init__(self, work: Path, base: Path, net: LabNet, cleanup: Cleanup) -> None:
+        super().__init__(work, base, net, cleanup)
+        self._procs: list[subprocess.Popen[bytes]] = []
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         logf = open(self.work / f"{name}.log", "wb")  # noqa: SIM115 - owned by the child
@@ -160,9 +182,16 @@ class _PopenPeer(Peer):
                                     stderr=subprocess.STDOUT, start_new_session=True, env=env)
         finally:
             logf.close()
+        self._set_root(name, proc.pid)
         with self._lock:
-            self.roots[name] = proc.pid
-        self.cleanup.add(f"{name} processes", lambda: (kill_tree(proc.pid), proc.wait(5)))
+            self._procs.append(proc)
+
+    def down(self) -> None:
+        super().down()
+        for proc in self._procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
+        self._procs = []
 
 
 class CopyPeer(_PopenPeer):
@@ -172,12 +201,10 @@ class CopyPeer(_PopenPeer):
     commands = ("cp", "nsenter", "unshare", "chroot")
 
     def prepare(self) -> None:
-        copies = self.work / "copies"
-        copies.mkdir()
-        self.cleanup.add("copies", lambda: shutil.rmtree(copies, ignore_errors=True))
-        self.copies = copies
+        self.copies = self.work / "copies"
+        self.copies.mkdir()
 
-    def launch(self, spec: GuestSpec, ident: Path) -> None:
+    def _launch(self, spec: GuestSpec, ident: Path) -> None:
         root = self.copies / spec.name
         run(["cp", "-a", str(self.base), str(root)])
         run(["cp", "-a", str(ident), str(root / "etc/scalelab-id")])
@@ -190,8 +217,13 @@ class CopyPeer(_PopenPeer):
             "unshare", "--mount", "--uts", "--pid", "--fork", "--kill-child",
             "--propagation", "private", "--", "/bin/sh", "-c", script])
 
-    def disk(self) -> dict[str, int]:
+    def disk(self, clients: dict[str, paramiko.SSHClient]) -> dict[str, int]:
         return du_bytes({n: self.copies / n for n in self.roots})
+
+    def down(self) -> None:
+        super().down()
+        if hasattr(self, "copies"):  # rm(1) is several times faster than rmtree here
+            run(["rm", "-rf", "--one-file-system", str(self.copies)], check=False)
 
 
 class NspawnPeer(_PopenPeer):
@@ -201,18 +233,35 @@ class NspawnPeer(_PopenPeer):
     commands = ("systemd-nspawn",)
     launch_jobs = 64  # nspawn runs in the foreground: launching is a fork
 
-    def launch(self, spec: GuestSpec, ident: Path) -> None:
-        machine = f"sbp{self.net.tag}-{spec.name}"
-        propagate = Path("/run/systemd/nspawn/propagate") / machine
-        self.cleanup.add(f"{propagate}", lambda: shutil.rmtree(propagate, ignore_errors=True))
+    def machine(self, guest: str) -> str:
+        return f"sbp{self.net.tag}-{guest}"
+
+    def _launch(self, spec: GuestSpec, ident: Path) -> None:
         env = dict(os.environ, SYSTEMD_NSPAWN_LOCK="0")  # many containers, one directory
         self._spawn(spec.name, [
             "systemd-nspawn", "--quiet", "--register=no", "--keep-unit",
-            "--volatile=overlay", f"--directory={self.base}", f"--machine={machine}",
-            f"--hostname={spec.name}",
+            # It drops CAP_NET_ADMIN when joining a netns; run.sh sets the guest's address.
+            "--volatile=overlay", "--capability=CAP_NET_ADMIN", f"--directory={self.base}",
+            f"--machine={self.machine(spec.name)}", f"--hostname={spec.name}",
             f"--network-namespace-path=/run/netns/{self.net.ns_name(spec)}",
             f"--bind-ro={ident}:/etc/scalelab-id", f"--bind-ro={ident}/hostname:/etc/hostname",
             "/bin/sh", "/etc/scalelab-id/run.sh"], env=env)
+
+    def disk(self, clients: dict[str, paramiko.SSHClient]) -> dict[str, int]:
+        """The upper layer is a tmpfs nspawn hides from the host; ``statfs`` of an overlay
+        root reports its upper file system, so ask each guest for the blocks used on ``/``."""
+        out = {}
+        for name, client in clients.items():
+            res = run_on(client, "stat -f -c '%b %f %S' /", timeout=30)
+            blocks, free, size = (int(x) for x in res.stdout.split())
+            out[name] = (blocks - free) * size
+        return out
+
+    def down(self) -> None:
+        super().down()
+        for name in self.attempted:
+            shutil.rmtree(Path("/run/systemd/nspawn/propagate") / self.machine(name),
+                          ignore_errors=True)
 
 
 class LxcPeer(Peer):
@@ -223,11 +272,9 @@ class LxcPeer(Peer):
     uses_netns = False  # LXC makes the veth itself (on our bridge)
 
     def prepare(self) -> None:
-        path = self.work / "lxc"
-        (path / "base").mkdir(parents=True)
-        self.cleanup.add("lxc path", lambda: shutil.rmtree(path, ignore_errors=True))
-        self.path = path
-        (path / "base/config").write_text("\n".join([
+        self.path = self.work / "lxc"
+        (self.path / "base").mkdir(parents=True)
+        (self.path / "base/config").write_text("\n".join([
             "lxc.uts.name = base",
             f"lxc.rootfs.path = dir:{self.base}",
             "lxc.net.0.type = veth",
@@ -243,25 +290,25 @@ class LxcPeer(Peer):
             "",
         ]))
 
-    def launch(self, spec: GuestSpec, ident: Path) -> None:
+    def _launch(self, spec: GuestSpec, ident: Path) -> None:
         p = str(self.path)
-        self.cleanup.add(f"lxc {spec.name}",
-                         lambda: run(["lxc-stop", "-P", p, "-n", spec.name, "-k"], check=False))
         run(["lxc-copy", "-P", p, "-n", "base", "-N", spec.name, "-e", "-D", "-B", "overlay",
              "-m", f"bind={ident}:/etc/scalelab-id:ro"])
         pid = int(run(["lxc-info", "-P", p, "-n", spec.name, "-p", "-H"]).strip())
         monitor = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        with self._lock:
-            self.roots[spec.name] = monitor
+        self._set_root(spec.name, monitor)
 
-    def disk(self) -> dict[str, int]:
+    def disk(self, clients: dict[str, paramiko.SSHClient]) -> dict[str, int]:
         return du_bytes({n: self.path / n / "overlay/delta" for n in self.roots})
 
     def down(self) -> None:
-        names = list(self.roots)
+        if not hasattr(self, "path"):
+            return
+        stop = ["lxc-stop", "-P", str(self.path), "-k", "-n"]
         with ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda n: run(["lxc-stop", "-P", str(self.path), "-n", n, "-k"],
-                                        check=False), names))
+            list(pool.map(lambda n: run([*stop, n], check=False), self.attempted))
+        super().down()  # anything lxc-stop left
+        shutil.rmtree(self.path, ignore_errors=True)
 
 
 PODMAN = ["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs",
@@ -274,10 +321,15 @@ class PodmanPeer(Peer):
     name = "podman run --rootfs :O"
     commands = ("podman", "runc")
 
-    def launch(self, spec: GuestSpec, ident: Path) -> None:
-        cname = f"sbp{self.net.tag}-{spec.name}"
-        self.cleanup.add(f"podman {cname}",
-                         lambda: run([*PODMAN, "rm", "-f", "-t", "0", cname], check=False))
+    def __init__(self, work: Path, base: Path, net: LabNet, cleanup: Cleanup) -> None:
+        super().__init__(work, base, net, cleanup)
+        self.ids: dict[str, str] = {}
+
+    def cname(self, guest: str) -> str:
+        return f"sbp{self.net.tag}-{guest}"
+
+    def _launch(self, spec: GuestSpec, ident: Path) -> None:
+        cname = self.cname(spec.name)
         run([*PODMAN, "run", "-d", "--name", cname, "--hostname", spec.name,
              f"--network=ns:/run/netns/{self.net.ns_name(spec)}", "--cap-add=NET_ADMIN",
              # No CAP_SYS_RESOURCE here: podman's default rlimits (nofile 1048576) fail.
@@ -287,17 +339,18 @@ class PodmanPeer(Peer):
         conmon, cid = run([*PODMAN, "inspect", "-f", "{{.State.ConmonPid}} {{.Id}}",
                            cname]).split()
         with self._lock:
-            self.roots[spec.name] = int(conmon)
-            self.ids = {**getattr(self, "ids", {}), spec.name: cid}
+            self.ids[spec.name] = cid
+        self._set_root(spec.name, int(conmon))
 
-    def disk(self) -> dict[str, int]:
+    def disk(self, clients: dict[str, paramiko.SSHClient]) -> dict[str, int]:
         store = Path("/run/containers/storage/overlay-containers")
-        return du_bytes({n: store / c / "rootfs/upper" for n, c in getattr(self, "ids", {}).items()})
+        return du_bytes({n: store / c / "rootfs/upper" for n, c in self.ids.items()})
 
     def down(self) -> None:
-        names = [f"sbp{self.net.tag}-{n}" for n in self.roots]
-        if names:
-            run([*PODMAN, "rm", "-f", "-t", "0", *names], check=False)
+        if self.attempted:
+            run([*PODMAN, "rm", "-f", "-t", "0", "-i",
+                 *[self.cname(n) for n in self.attempted]], check=False)
+        super().down()
 
 
 PEERS: dict[str, type[Peer]] = {
