@@ -497,18 +497,6 @@ def test_pytest_refuses_local_0(tmp_path: Path, mark: str) -> None:
     _nothing_made(tmp_path, mark)
 
 
-_DROP_AND_RUN_WORKER = """
-import os, sys
-import distributed.cli.dask_worker as cli
-import harness.cluster.shard, harness.cluster.wire, harness.cluster.preflight  # noqa
-import harness.lab, harness.backends.netns, harness.session  # noqa
-uid = int(sys.argv[1])
-os.setgroups([]); os.setgid(uid); os.setuid(uid)
-sys.argv = ["dask-worker", *sys.argv[2:]]
-cli.main()
-"""
-
-
 class DaskScheduler:
     """A real scheduler on a free local port, and workers started as asked; all stopped.
 
@@ -539,9 +527,10 @@ class DaskScheduler:
                env: dict[str, str] | None = None) -> None:
         argv = [str(Path(sys.executable).parent / "dask"), *args]
         if user:
-            # Import as root, then drop to ``user``: the checkout (and its .venv) may not be
-            # readable by that user (a fresh clone in a 0700 directory).
-            argv = [sys.executable, "-c", _DROP_AND_RUN_WORKER, user, *args[1:]]
+            # Not root, but allowed to read the checkout and its .venv, which may sit in a
+            # directory only root may enter (a fresh clone in a 0700 directory).
+            argv = ["setpriv", "--reuid", user, "--regid", user, "--clear-groups",
+                    "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search", *argv]
         self.procs.append(subprocess.Popen(
             argv, cwd=self.tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             env={**_env(self.mark), **(env or {})},
