@@ -159,12 +159,14 @@ def test_down_leaves_nothing(image: Image, tmp_path: Path) -> None:
     before = snapshot()
     cfg = build_config({"guests": "3", "reports_dir": str(tmp_path)}, PROJECT)
     s = Session(cfg)
-    lab = s.lab_up(3)
-    during = before.diff(snapshot())
-    assert len(during["netns"]) == 3 and len(during["procs"]) >= 3
-    assert lab.stop() == []
-    assert lab.stop() == []  # idempotent
-    s.finish(render=False)
+    try:
+        lab = s.lab_up(3)
+        during = before.diff(snapshot())
+        assert len(during["netns"]) == 3 and len(during["procs"]) >= 3
+        assert lab.stop() == []
+        assert lab.stop() == []  # idempotent
+    finally:
+        s.finish(render=False)
     assert before.diff(snapshot()) == {}
 
 
