@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchlib import HERE, loadavg, log, missing_commands, missing_modules
+from benchlib import HERE, loadavg, log, missing_commands, missing_modules, trap_signals
 
 PY_PACKAGES = {"pssh": "parallel-ssh", "fabric": "fabric", "asyncssh": "asyncssh"}
 STDERR_TAIL = 15
@@ -78,10 +78,15 @@ def run_bench(bench: Bench, quick: bool) -> tuple[str, int, float, list[str]]:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.PIPE, text=True,
                                 cwd=HERE.parent)
         assert proc.stderr is not None
-        for line in proc.stderr:
-            sys.stderr.write(line)
-            tail.append(line.rstrip("\n"))
-        status = proc.wait()
+        try:
+            for line in proc.stderr:
+                sys.stderr.write(line)
+                tail.append(line.rstrip("\n"))
+            status = proc.wait()
+        except KeyboardInterrupt:  # let the benchmark clean up what it made, then stop
+            proc.terminate()
+            proc.wait()
+            raise
         out.seek(0)
         return out.read(), status, time.monotonic() - t0, list(tail)
 
@@ -131,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     prereqs = missing_prereqs()
     for line in prereqs:
         log(f"run_all: {line} (that peer will be reported as not run)")
+    trap_signals()
     only = {x for x in args.only.split(",") if x}
     sections: list[Section] = []
     for bench in BENCHES:
