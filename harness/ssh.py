@@ -162,7 +162,12 @@ PhaseCallback = Callable[[str, str, int, int], None]
 @dataclass
 class ReadyOptions:
     timeout: float = 120.0
-    connect_timeout: float = 1.0
+    #: The first TCP connect's timeout, doubled after each connect that times out, up to
+    #: ``connect_timeout_max``. A SYN sent before the guest has configured its address is
+    #: dropped without an answer, and the kernel resends it only after its 1 s initial RTO:
+    #: a short first timeout retries it sooner.
+    connect_timeout: float = 0.1
+    connect_timeout_max: float = 2.0
     handshake_timeout: float = 30.0
     command_timeout: float = 60.0
     backoff_start: float = 0.02
@@ -221,15 +226,21 @@ def connect_ready(
     lookup_name = connect_name if guest.port == 22 else f"[{connect_name}]:{guest.port}"
     t0 = time.time_ns()
     last: BaseException | None = None
+    connect_timeout = opts.connect_timeout
     while True:
         if time.monotonic() > deadline:
             cls = classify(last) if last else TIMEOUT
             raise GuestError(guest.name, cls if cls != ERROR else TIMEOUT,
                              f"not ready after {opts.timeout:.0f}s (last: {last})")
         try:
-            sock = _open_socket(guest, opts.connect_timeout, jump_clients or {})
+            sock = _open_socket(guest, connect_timeout, jump_clients or {})
         except (OSError, paramiko.SSHException) as exc:
             last = exc
+            # Longer each time (a jump host's channel open may need more than the first
+            # timeout); no extra sleep after a timeout, which was the wait already.
+            connect_timeout = min(connect_timeout * 2, opts.connect_timeout_max)
+            if isinstance(exc, TimeoutError):
+                continue
             time.sleep(delay)
             delay = min(delay * 1.5, opts.backoff_max)
             continue
