@@ -148,8 +148,12 @@ class _TimedSocket:
 
     def recv(self, n: int) -> bytes:
         data = self._sock.recv(n)
-        if self.first_byte_ns is None and data:
+        if data:
             self.first_byte_ns = time.time_ns()
+            # From now on paramiko's reads go straight to the socket: this wrapper sits
+            # under every packet of the connection's life, and a Python frame per recv
+            # is measurable in a fan-out.
+            self.recv = self._sock.recv  # type: ignore[method-assign,assignment]
         return data
 
     def __getattr__(self, name: str) -> Any:
@@ -330,23 +334,53 @@ class CommandResult:
 MAX_OUTPUT = 16 << 20
 
 
-def _read_capped(stream: Any, cap: int = MAX_OUTPUT) -> str:
-    chunks, size, dropped = [], 0, 0
+class _Capped:
+    """One stream's bytes up to ``cap``, counting what is dropped beyond it."""
+
+    def __init__(self, cap: int = MAX_OUTPUT) -> None:
+        self.cap, self.size, self.dropped = cap, 0, 0
+        self.chunks: list[bytes] = []
+
+    def add(self, data: bytes) -> None:
+        keep = data[: max(0, self.cap - self.size)]
+        if keep:
+            self.chunks.append(keep)
+            self.size += len(keep)
+        self.dropped += len(data) - len(keep)
+
+    def text(self) -> str:
+        text = b"".join(self.chunks).decode(errors="replace")
+        if self.dropped:
+            text += f"\n[scalelab: {self.dropped} more bytes of output dropped]\n"
+        return text
+
+
+#: While stdout is quiet, stderr is looked at this often, so that a chatty stderr cannot
+#: fill the channel window while we wait on stdout.
+_STDERR_POLL = 0.1
+
+
+def _drain(chan: paramiko.Channel, timeout: float | None) -> tuple[str, str]:
+    """stdout and stderr to EOF, read by the calling thread (no helper thread per command)."""
+    out, err = _Capped(), _Capped()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    chan.settimeout(_STDERR_POLL)
     while True:
-        data = stream.read(65536)
-        if not data:
+        try:
+            data: bytes | None = chan.recv(65536)
+        except TimeoutError:
+            data = None
+        while chan.recv_stderr_ready():
+            err.add(chan.recv_stderr(65536))
+        if data == b"":  # EOF: paramiko closes the stderr buffer at the same moment
             break
-        if size < cap:
-            keep = data[: cap - size]
-            chunks.append(keep)
-            size += len(keep)
-            dropped += len(data) - len(keep)
-        else:
-            dropped += len(data)
-    text = b"".join(chunks).decode(errors="replace")
-    if dropped:
-        text += f"\n[scalelab: {dropped} more bytes of output dropped]\n"
-    return text
+        if data:
+            out.add(data)
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError
+    while data := chan.recv_stderr(65536):  # what is left is already buffered
+        err.add(data)
+    return out.text(), err.text()
 
 
 def run_on(
@@ -365,29 +399,19 @@ def run_on(
     mono = time.perf_counter_ns()
     chan = transport.open_session(timeout=timeout)
     try:
-        if timeout is not None:
-            chan.settimeout(timeout)
+        chan.settimeout(timeout)
         chan.exec_command(command)
         if stdin is not None:
             chan.sendall(stdin)
         chan.shutdown_write()
-        err_box: list[str] = []
-        stderr_thread = None
-        stderr_file = chan.makefile_stderr("rb")
-        # Read stderr beside stdout so a chatty stderr cannot stall the channel window.
-        stderr_thread = threading.Thread(
-            target=lambda: err_box.append(_read_capped(stderr_file)), daemon=True
-        )
-        stderr_thread.start()
-        out = _read_capped(chan.makefile("rb"))
+        out, err = _drain(chan, timeout)
         status = chan.recv_exit_status()
-        stderr_thread.join(timeout)
     except TimeoutError as exc:
         raise GuestError(guest, TIMEOUT, f"{command!r} did not finish in {timeout}s") from exc
     finally:
         chan.close()
     end = start + (time.perf_counter_ns() - mono)
-    return CommandResult(guest, command, status, out, err_box[0] if err_box else "", start, end)
+    return CommandResult(guest, command, status, out, err, start, end)
 
 
 @dataclass

@@ -20,7 +20,14 @@ from harness.image.build import sha256_file
 from harness.image.cache import Image
 from harness.lab import Lab
 from harness.session import Session
-from harness.ssh import GuestError, HandshakeGate, ReadyOptions, connect_ready, load_private_key
+from harness.ssh import (
+    GuestError,
+    HandshakeGate,
+    ReadyOptions,
+    connect_ready,
+    load_private_key,
+    run_on,
+)
 from harness.state import RunState, list_states
 
 pytestmark = pytest.mark.integration
@@ -210,6 +217,35 @@ def test_sigkill_then_clean(image: Image, tmp_path: Path) -> None:
 def test_guest_is_a_guest_object(lab: Lab) -> None:
     assert all(isinstance(g, Guest) for g in lab.guests)
     assert len({g.name for g in lab.guests}) == N
+
+
+def test_command_streams_are_kept_apart_and_bounded(lab: Lab) -> None:
+    """stdout and stderr are read by one thread: neither may stall the other."""
+    name = lab.guests[0].name
+    fleet = lab.require_fleet()
+    # 8 MiB on stderr while stdout stays silent, then a line on stdout: a reader that
+    # only waited on stdout would stall once stderr filled the channel window (2 MiB).
+    res = fleet.run("head -c 8388608 /dev/zero | tr '\\0' e >&2; echo done; exit 3",
+                    names=[name])[name]
+    assert (res.exit_status, res.stdout, len(res.stderr)) == (3, "done\n", 8 << 20)
+    assert set(res.stderr) == {"e"}
+    # Interleaved output on both streams arrives whole and in order within each stream.
+    res = fleet.run("for i in $(seq 2000); do echo o$i; echo e$i >&2; done",
+                    names=[name])[name]
+    assert res.stdout.split() == [f"o{i}" for i in range(1, 2001)]
+    assert res.stderr.split() == [f"e{i}" for i in range(1, 2001)]
+    # Beyond the cap, output is dropped and the drop is said.
+    res = run_on(fleet.clients[name], "head -c 20000000 /dev/zero", guest=name)
+    assert len(res.stdout.encode()) < (16 << 20) + 200
+    dropped = 20000000 - (16 << 20)
+    assert res.stdout.endswith(f"[scalelab: {dropped} more bytes of output dropped]\n")
+    # A command that outlives its timeout is a timeout, quiet or not.
+    for cmd in ("sleep 5", "while :; do echo x >&2; sleep 0.01; done", "yes"):
+        t0 = time.monotonic()
+        with pytest.raises(GuestError) as err:
+            run_on(fleet.clients[name], cmd, timeout=0.5, guest=name)
+        assert err.value.error_class == "timeout"
+        assert time.monotonic() - t0 < 4
 
 
 def test_upper_layer_on_disk(image: Image, tmp_path: Path) -> None:
