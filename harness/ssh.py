@@ -103,14 +103,29 @@ def known_hosts_lines(guests: Iterable[Guest]) -> list[str]:
 
 
 def write_exports(run_dir: Path, guests: Sequence[Guest], key_path: Path) -> tuple[Path, Path]:
-    """``known_hosts`` and ``ssh_config`` so a person can ``ssh -F <run>/ssh_config g000``."""
+    """``known_hosts`` and ``ssh_config`` so a person can ``ssh -F <run>/ssh_config g000``.
+
+    A guest behind a jump host (xen's remote dom0, a cluster's other lab host) is reached
+    with ``ProxyJump``; the person logs in to the jump host with its ``identity_file`` or
+    else their own keys, checking its key against the run's file and their own.
+    """
     known = run_dir / "known_hosts"
-    lines = known_hosts_lines(guests)
-    jumps = {g.jump for g in guests if g.jump is not None}
-    lines += [j.known_hosts_line for j in sorted(jumps, key=lambda j: (j.host, j.port))]
+    jumps = sorted({g.jump for g in guests if g.jump is not None}, key=lambda j: (j.host, j.port))
+    lines = known_hosts_lines(guests) + [j.known_hosts_line for j in jumps if j.known_hosts_line]
     known.write_text("\n".join(lines) + "\n")
-    cfg = [
-        "# scalelab lab: ssh -F this-file <guest> ...",
+    cfg = ["# scalelab lab: ssh -F this-file <guest> ...", ""]
+    # Jump hosts first: OpenSSH takes the first value it sees of an option, so these must
+    # come before "Host *" gives every host the run's key alone.
+    for j in jumps:
+        cfg += [f"Host {_jump_alias(j)}", f"    HostName {j.host}", f"    Port {j.port}",
+                f"    User {j.user}"]
+        if j.identity_file:
+            cfg += [f"    IdentityFile {Path(j.identity_file).expanduser().resolve()}",
+                    "    IdentitiesOnly yes"]
+        else:
+            cfg.append("    IdentitiesOnly no")
+        cfg += [f"    UserKnownHostsFile {known.resolve()} ~/.ssh/known_hosts", ""]
+    cfg += [
         "Host *",
         "    User root",
         f"    IdentityFile {key_path.resolve()}",
@@ -121,19 +136,20 @@ def write_exports(run_dir: Path, guests: Sequence[Guest], key_path: Path) -> tup
         "    LogLevel ERROR",
         "",
     ]
-    for j in sorted(jumps, key=lambda j: (j.host, j.port)):
-        cfg += [f"Host labhost-{j.host}-{j.port}", f"    HostName {j.host}", f"    Port {j.port}",
-                f"    User {j.user}", ""]
     for g in guests:
         cfg += [f"Host {g.name}", f"    HostName {g.host}", f"    Port {g.port}"]
-        if g.port != 22 or g.host != g.spec.address:
+        if g.port != 22 or g.host != g.spec.address or g.jump is not None:
             cfg.append(f"    HostKeyAlias {g.name}")
         if g.jump is not None:
-            cfg.append(f"    ProxyJump labhost-{g.jump.host}-{g.jump.port}")
+            cfg.append(f"    ProxyJump {_jump_alias(g.jump)}")
         cfg.append("")
     config = run_dir / "ssh_config"
     config.write_text("\n".join(cfg))
     return config, known
+
+
+def _jump_alias(j: Jump) -> str:
+    return f"labhost-{j.host}-{j.port}"
 
 
 # -- readiness ----------------------------------------------------------------------------

@@ -27,7 +27,6 @@ import pytest
 from leaks import PROJECT, Snapshot, snapshot
 
 from harness.backends.base import Guest, Jump
-from harness.cluster.exports import write_cluster_exports
 from harness.cluster.plan import (
     LabWorker,
     allocate_subnets,
@@ -42,6 +41,7 @@ from harness.config import MAX_GUESTS
 from harness.errors import LabError, UserError
 from harness.identity import make_specs, run_tag
 from harness.image.cache import Image
+from harness.ssh import write_exports
 
 MARK = "SCALELAB_TEST_MARK"
 
@@ -173,12 +173,22 @@ def test_exports_jump_through_remote_lab_hosts(tmp_path: Path) -> None:
     jump = Jump("192.0.2.7", 22, "root", "192.0.2.7 ssh-ed25519 AAAAlabhost")
     guests = [Guest(specs[0], specs[0].address, lab_host="here"),
               Guest(specs[1], specs[1].address, jump=jump, lab_host="there")]
-    cfg, known = write_cluster_exports(tmp_path, guests, tmp_path / "id")
+    cfg, known = write_exports(tmp_path, guests, tmp_path / "id")
     text = cfg.read_text()
     assert text.index("Host labhost-192.0.2.7-22") < text.index("Host *")
     assert "ProxyJump labhost-192.0.2.7-22" in text.split("Host s0g001")[1]
     assert "ProxyJump" not in text.split("Host s0g000")[1].split("Host s0g001")[0]
     assert "192.0.2.7 ssh-ed25519 AAAAlabhost" in known.read_text()
+    jump_block = text.split("Host labhost-192.0.2.7-22")[1].split("Host ")[0]
+    assert "IdentitiesOnly no" in jump_block and "IdentityFile" not in jump_block
+    # A jump host with its own login key (xen's remote dom0 with key=) gets that key only.
+    keyed = Jump("192.0.2.8", 2222, "admin", "[192.0.2.8]:2222 ssh-ed25519 AAAAdom0",
+                 identity_file=str(tmp_path / "dom0_key"))
+    cfg, _ = write_exports(tmp_path, [Guest(specs[1], specs[1].address, jump=keyed)],
+                           tmp_path / "id")
+    jump_block = cfg.read_text().split("Host labhost-192.0.2.8-2222")[1].split("Host ")[0]
+    assert f"IdentityFile {tmp_path / 'dom0_key'}" in jump_block
+    assert "IdentitiesOnly yes" in jump_block and "User admin" in jump_block
 
 
 def test_dask_is_not_imported_without_cluster() -> None:

@@ -30,6 +30,9 @@ class Jump:
     port: int
     user: str
     known_hosts_line: str
+    #: The key a person logs in to the jump host with (e.g. xen's ``key=``); without one,
+    #: OpenSSH offers the person's own keys (agent, ~/.ssh/id_*).
+    identity_file: str | None = None
 
 
 @dataclass(eq=False)

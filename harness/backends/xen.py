@@ -808,7 +808,7 @@ class XenBackend(Backend):
         self._bridge_address(d, ctx)
         if isinstance(d, RemoteDom0):
             self.jump = Jump(self.target.host, self.target.port, self.target.user,
-                             d.server_key_line())
+                             d.server_key_line(), identity_file=self.target.key)
             self.jump_clients = {self.jump: d.jump_client}
         (ctx.run_dir / "xen").mkdir(exist_ok=True)
 

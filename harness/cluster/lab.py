@@ -20,7 +20,6 @@ from harness.backends.base import Guest, Jump
 from harness.cluster import connect
 from harness.cluster.backend import ClusterBackend
 from harness.cluster.connect import Connection, ShardHandle, ShardLost
-from harness.cluster.exports import write_cluster_exports
 from harness.cluster.fleet import ClusterFleet
 from harness.cluster.plan import (
     LabWorker,
@@ -39,7 +38,7 @@ from harness.errors import LabError
 from harness.identity import KeyPair
 from harness.image import cache
 from harness.lab import Lab, ProgressFn, ensure_image
-from harness.ssh import GuestError, write_client_key
+from harness.ssh import GuestError, write_client_key, write_exports
 from harness.state import RunState
 from harness.store import Recorder
 
@@ -281,7 +280,7 @@ class ClusterLab(Lab):
         for name in self.failures:
             fleet.lost[name] = now
         self.fleet = fleet
-        write_cluster_exports(self.run_dir, guests, self.state.dir / "id_ed25519")
+        write_exports(self.run_dir, guests, self.state.dir / "id_ed25519")
         self._write_inventory(guests)
 
     # -- helpers -------------------------------------------------------------------------
