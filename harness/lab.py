@@ -9,6 +9,7 @@ every phase as a timing row), exports ``ssh_config``/``known_hosts`` and hands o
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import threading
@@ -219,7 +220,7 @@ class Lab:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ready") as pool:
             futures = {
                 pool.submit(connect_ready, g, key, host_keys, gate, self._phase, opts,
-                            jump_clients): g
+                            jump_clients, functools.partial(self.backend.dead, g)): g
                 for g in guests
             }
             for fut in as_completed(futures):

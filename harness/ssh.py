@@ -231,13 +231,15 @@ def connect_ready(
     on_phase: PhaseCallback,
     opts: ReadyOptions,
     jump_clients: Mapping[Jump, paramiko.SSHClient] | None = None,
+    dead: Callable[[], str | None] | None = None,
 ) -> paramiko.SSHClient:
     """Wait for ``guest`` to answer SSH with its pinned key; record each phase.
 
     Phases: ``tcp`` (until the port accepts), ``banner`` (until the server's identification
     arrives), ``auth`` (key exchange, host key check and public-key authentication) and
     ``first_command``.  Refused and timed-out connects are retried with backoff until
-    ``opts.timeout``; a host key mismatch or an authentication failure is final.
+    ``opts.timeout``; a host key mismatch or an authentication failure is final, and so is
+    a guest that ``dead()`` says has died (the backend's word, asked before each retry).
     """
     deadline = time.monotonic() + opts.timeout
     delay = opts.backoff_start
@@ -248,6 +250,9 @@ def connect_ready(
     last: BaseException | None = None
     connect_timeout = opts.connect_timeout
     while True:
+        why = dead() if dead is not None and last is not None else None
+        if why:
+            raise GuestError(guest.name, LOST, f"died before answering: {why}")
         if time.monotonic() > deadline:
             cls = classify(last) if last else TIMEOUT
             raise GuestError(guest.name, cls if cls != ERROR else TIMEOUT,

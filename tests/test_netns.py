@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import paramiko
 import pytest
@@ -174,6 +175,36 @@ def test_down_leaves_nothing(image: Image, tmp_path: Path) -> None:
         assert lab.stop() == []  # idempotent
     finally:
         s.finish(render=False)
+    assert before.diff(snapshot()) == {}
+
+
+def test_guest_dying_during_boot_fails_at_once(
+        image: Image, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A guest whose init is killed before it answers is reported dead, not waited for."""
+    from harness.backends.netns import NetnsBackend
+
+    before = snapshot()
+    real_up = NetnsBackend.up
+
+    def up_then_kill_one(self: NetnsBackend, specs: Any) -> list[Guest]:
+        guests = real_up(self, specs)
+        self._procs[guests[1].name].kill()  # the real init process of the second guest
+        return guests
+
+    monkeypatch.setattr(NetnsBackend, "up", up_then_kill_one)
+    cfg = build_config({"guests": "3", "ready_timeout": "600",
+                        "reports_dir": str(tmp_path)}, PROJECT)
+    s = Session(cfg)
+    t0 = time.monotonic()
+    try:
+        lab = s.lab_up(3, min_ready=0.5)
+        assert time.monotonic() - t0 < 60
+        assert sorted(lab.require_fleet().names) == [lab.guests[0].name, lab.guests[2].name]
+        err = lab.failures[lab.guests[1].name]
+        assert err.error_class == "lost"
+        assert "died before answering: the guest's init exited with status -9" in err.message
+    finally:
+        assert s.finish(render=False) == []
     assert before.diff(snapshot()) == {}
 
 

@@ -19,7 +19,7 @@ from leaks import PROJECT, Snapshot, snapshot
 from harness.backends import load_backend, parse_backend
 from harness.backends.qemu import QemuBackend, qmp
 from harness.config import build_config
-from harness.errors import UserError
+from harness.errors import LabError, UserError
 from harness.identity import run_tag
 from harness.image.build import sha256_file
 from harness.image.cache import Image
@@ -231,6 +231,24 @@ def test_user_networking_and_tmpfs_upper(vm_image: Image, tmp_path: Path) -> Non
     finally:
         assert s.finish(render=False) == []
     assert not Path(f"/proc/{pid}").exists()
+    assert ours(before, s.run_id) == {}
+
+
+def test_qemu_dying_at_start_fails_at_once(vm_image: Image, tmp_path: Path) -> None:
+    """A VM whose qemu exits fails the bring-up with qemu's words, long before the timeout."""
+    before = snapshot()
+    cfg = build_config({"guests": "1", "backend": "qemu://?accel=tcg&cpu=no-such-cpu",
+                        "ready_timeout": "600", "reports_dir": str(tmp_path)}, PROJECT)
+    s = Session(cfg)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(LabError) as err:
+            s.lab_up(1)
+    finally:
+        assert s.finish(render=False) == []
+    assert time.monotonic() - t0 < 60
+    assert "died before answering: qemu exited with status 1" in str(err.value)
+    assert "no-such-cpu" in str(err.value)  # qemu's own complaint, quoted
     assert ours(before, s.run_id) == {}
 
 

@@ -115,6 +115,14 @@ class Backend(abc.ABC):
         """Bytes used by the guest's copy-on-write layer, when the backend can tell."""
         return None
 
+    def dead(self, guest: Guest) -> str | None:
+        """Why ``guest`` can no longer come up (its process has exited), or None.
+
+        The readiness wait asks between attempts, so a guest that died while booting
+        fails at once instead of after the whole ``--ready-timeout``.
+        """
+        return None
+
     # -- fault hooks used by the nemesis ------------------------------------------------
 
     def kill(self, guest: Guest) -> None:

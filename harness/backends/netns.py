@@ -382,6 +382,12 @@ class NetnsBackend(Backend):
 
     # -- faults ----------------------------------------------------------------------------
 
+    def dead(self, guest: Guest) -> str | None:
+        proc = self._procs.get(guest.name)
+        if proc is None or proc.poll() is None:
+            return None
+        return f"the guest's init exited with status {proc.returncode} (see its log)"
+
     def kill(self, guest: Guest) -> None:
         for p in self.cgroups.paths(guest.name):
             # Kill the processes but keep the (now empty) cgroup for teardown to remove.

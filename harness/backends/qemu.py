@@ -661,6 +661,20 @@ class QemuBackend(Backend):
 
     # -- measurements --------------------------------------------------------------------
 
+    def dead(self, guest: Guest) -> str | None:
+        vm = self._vms.get(guest.name)
+        if vm is None or vm.proc.poll() is None:
+            return None
+        assert self.ctx is not None
+        log = self.ctx.run_dir / "guests" / f"{guest.name}.qemu.log"
+        try:
+            said = [ln for ln in log.read_text(errors="replace").splitlines()
+                    if ln.strip() and not ln.startswith("scalelab:")]
+        except OSError:
+            said = []
+        last = f": {said[-1].strip()[:200]}" if said else ""
+        return f"qemu exited with status {vm.proc.returncode}{last} (see {log})"
+
     def _vm(self, guest: Guest) -> _Vm:
         vm = self._vms.get(guest.name)
         if vm is None:
