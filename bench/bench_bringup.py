@@ -61,7 +61,14 @@ def main() -> int:
     sizes = [int(x) for x in args.guests.split(",")]
     cfg = build_config({}, PROJECT)
     image = preflight_lab(cfg, 1).path
-    rows = []
+    mi = machine_info()
+    # The table's head first and each row as its N finishes: a run stopped at N=1024 keeps
+    # the rows it has.
+    print(f"\nBring-up to authenticated SSH, netns backend — {time.strftime('%Y-%m-%d')}, "
+          f"{mi['cpus']} CPUs ({mi['cpu_model']}), {mi['memory_bytes'] / 2**30:.0f} GiB, "
+          f"median of {args.repeat}; ratio: median of the paired runs' ratios\n")
+    print("| N | scalelab s | floor s | ratio | KiB/guest (upper) | MiB/guest (memory) |")
+    print("|---:|---:|---:|---:|---:|---:|", flush=True)
     with tempfile.TemporaryDirectory(prefix="scalelab-bench-") as tmp:
         for n in sizes:
             floors, labs, kibs, mibs = [], [], [], []
@@ -73,15 +80,9 @@ def main() -> int:
                 mibs.append(mib)
                 print(f"N={n}: floor {floors[-1]:.2f} s, scalelab {t:.2f} s", file=sys.stderr)
             f, s_ = statistics.median(floors), statistics.median(labs)
-            rows.append((n, s_, f, s_ / f, statistics.median(kibs), statistics.median(mibs)))
-    mi = machine_info()
-    print(f"\nBring-up to authenticated SSH, netns backend — {time.strftime('%Y-%m-%d')}, "
-          f"{mi['cpus']} CPUs ({mi['cpu_model']}), {mi['memory_bytes'] / 2**30:.0f} GiB, "
-          f"median of {args.repeat}\n")
-    print("| N | scalelab s | floor s | ratio | KiB/guest (upper) | MiB/guest (memory) |")
-    print("|---:|---:|---:|---:|---:|---:|")
-    for n, s_, f, r, kib, mib in rows:
-        print(f"| {n} | {s_:.2f} | {f:.2f} | {r:.2f} | {kib:.0f} | {mib:.1f} |")
+            r = statistics.median(a / b for a, b in zip(labs, floors, strict=True))
+            print(f"| {n} | {s_:.2f} | {f:.2f} | {r:.2f} | {statistics.median(kibs):.0f} | "
+                  f"{statistics.median(mibs):.1f} |", flush=True)
     return 0
 
 

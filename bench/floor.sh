@@ -10,12 +10,15 @@ IMAGE=$2
 tag=fl$$
 W=$(mktemp -d /run/scalelab-floor.XXXXXX)
 BR=slb-$tag
+# A Linux bridge takes at most 1023 ports: past that, segment bridges joined to the first.
+PORTS=1000
 cleanup() {
   exec 2>/dev/null  # no job-control chatter about the guests being killed
   for p in $(cat "$W"/pids 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
   sleep 0.2
-  { for i in $(seq 0 $((N-1))); do echo "netns delete $tag-$i"; done; echo "link del $BR"; } \
-    | ip -force -batch - 2>/dev/null || true
+  { for i in $(seq 0 $((N-1))); do echo "netns delete $tag-$i"; done
+    for s in $(seq 1 $(( (N-1) / PORTS ))); do echo "link del j$tag-$s"; echo "link del $BR-$s"; done
+    echo "link del $BR"; } | ip -force -batch - 2>/dev/null || true
   umount "$W"/rw 2>/dev/null || true
   umount "$W"/base 2>/dev/null || true
   rm -rf "$W"
@@ -29,10 +32,16 @@ ssh-keygen -q -t ed25519 -N '' -f "$key"
 t0=$(date +%s.%N)
 {
   echo "link add $BR type bridge"; echo "addr add 10.214.0.1/20 dev $BR"; echo "link set $BR up"
+  for s in $(seq 1 $(( (N-1) / PORTS ))); do
+    echo "link add $BR-$s type bridge"; echo "link set $BR-$s up"
+    echo "link add j$tag-$s type veth peer name k$tag-$s"
+    echo "link set j$tag-$s master $BR up"; echo "link set k$tag-$s master $BR-$s up"
+  done
   for i in $(seq 0 $((N-1))); do
+    s=$(( i / PORTS )); br=$BR; [ "$s" -eq 0 ] || br=$BR-$s
     echo "netns add $tag-$i"
     echo "link add v$tag-$i type veth peer name eth0 netns $tag-$i"
-    echo "link set v$tag-$i master $BR up"
+    echo "link set v$tag-$i master $br up"
   done
 } | ip -batch -
 for i in $(seq 0 $((N-1))); do

@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -174,12 +174,8 @@ class Lab:
                 "subnet_gateway": f"{specs[0].gateway}/{subnet.prefixlen}",
             },
         )
-        self.backend.prepare(image, ctx)
-        guests = self.backend.up(specs)
-        self.guests = guests
-        write_exports(self.run_dir, guests, key_path)
-        self._write_inventory(guests)
-        clients = self._wait_ready(guests, load_private_key(client_key.private_openssh))
+        clients = self._bring_up(specs, ctx, key_path, client_key.private_openssh)
+        guests = self.guests
         ready = len(clients)
         if ready < min_ready * n or ready == 0:
             shown = "; ".join(str(e) for e in list(self.failures.values())[:3])
@@ -209,37 +205,38 @@ class Lab:
         }
         (self.run_dir / "guests.json").write_text(json.dumps(inventory, indent=1) + "\n")
 
-    def _wait_ready(self, guests: list[Guest], key: paramiko.PKey) -> dict[str, paramiko.SSHClient]:
-        cfg = self.config
-        host_keys = host_keys_for(guests)
-        gate = HandshakeGate(cfg.ssh_concurrency)
-        opts = ReadyOptions(timeout=cfg.ready_timeout)
-        jump_clients = getattr(self.backend, "jump_clients", {})
-        clients: dict[str, paramiko.SSHClient] = {}
-        workers = min(len(guests), 256)
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ready") as pool:
-            futures = {
-                pool.submit(connect_ready, g, key, host_keys, gate, self._phase, opts,
-                            jump_clients, functools.partial(self.backend.dead, g)): g
-                for g in guests
-            }
-            for fut in as_completed(futures):
-                g = futures[fut]
-                try:
-                    clients[g.name] = fut.result()
-                    with self._stats.lock:
-                        self._stats.ready += 1
-                except GuestError as err:
-                    self.failures[g.name] = err
-                    now = time.time_ns()
-                    self.recorder.timing(
-                        "ready", now, now, guest=g.name, phase="bringup", ok=False,
-                        error_class=err.error_class, error=err.message,
-                    )
-                    with self._stats.lock:
-                        self._stats.failed += 1
-                self._report_progress()
-        return clients
+    def _bring_up(self, specs: list[GuestSpec], ctx: RunContext, key_path: Path,
+                  private_key: str, lab_host: str = "") -> dict[str, paramiko.SSHClient]:
+        """Start the guests and wait for each to answer SSH; the clients of those that did.
+
+        Each guest is waited for from the moment the backend says it is started, so the
+        handshakes of the first guests overlap the starting of the last.
+        """
+        assert self.image is not None
+        waiter = _ReadyWaiter(self, load_private_key(private_key))
+        ctx.on_started = waiter.submit
+        try:
+            self.backend.prepare(self.image, ctx)
+            guests = self.backend.up(specs)
+            for g in guests:
+                g.lab_host = lab_host or g.lab_host
+            self.guests = guests
+            write_exports(self.run_dir, guests, key_path)
+            self._write_inventory(guests)
+            for g in guests:
+                waiter.submit(g)  # those the backend did not announce
+            return waiter.collect()
+        except BaseException:
+            waiter.abandon()
+            raise
+
+    def _ready_failed(self, name: str, err: GuestError) -> None:
+        self.failures[name] = err
+        now = time.time_ns()
+        self.recorder.timing("ready", now, now, guest=name, phase="bringup", ok=False,
+                             error_class=err.error_class, error=err.message)
+        with self._stats.lock:
+            self._stats.failed += 1
 
     def _record_footprint(self) -> None:
         """Per-guest memory and copy-on-write bytes, as metric rows."""
@@ -304,3 +301,66 @@ class Lab:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class _ReadyWaiter:
+    """The readiness waits of one bring-up: a thread per guest (at most 256 at once)."""
+
+    def __init__(self, lab: Lab, key: paramiko.PKey) -> None:
+        cfg = lab.config
+        self.lab, self.key = lab, key
+        self.gate = HandshakeGate(cfg.ssh_concurrency)
+        self.opts = ReadyOptions(timeout=cfg.ready_timeout)
+        self.pool = ThreadPoolExecutor(max_workers=256, thread_name_prefix="ready")
+        self.futures: dict[Future[paramiko.SSHClient], Guest] = {}
+        self.submitted: set[str] = set()
+        self.abandoned = False
+        self.lock = threading.Lock()
+
+    def _dead(self, guest: Guest) -> str | None:
+        if self.abandoned:
+            return "the bring-up was abandoned"
+        return self.lab.backend.dead(guest)
+
+    def submit(self, guest: Guest) -> None:
+        """Start waiting for ``guest`` (once; later calls for it do nothing)."""
+        with self.lock:
+            if guest.name in self.submitted:
+                return
+            self.submitted.add(guest.name)
+            # Read now: a backend sets its jump clients in prepare().
+            jumps = getattr(self.lab.backend, "jump_clients", {})
+            fut = self.pool.submit(
+                connect_ready, guest, self.key, host_keys_for([guest]), self.gate,
+                self.lab._phase, self.opts, jumps, functools.partial(self._dead, guest))
+            self.futures[fut] = guest
+
+    def collect(self) -> dict[str, paramiko.SSHClient]:
+        """Wait for every submitted guest; failures go to the lab's ``failures``."""
+        clients: dict[str, paramiko.SSHClient] = {}
+        try:
+            for fut in as_completed(list(self.futures)):
+                g = self.futures[fut]
+                try:
+                    clients[g.name] = fut.result()
+                    with self.lab._stats.lock:
+                        self.lab._stats.ready += 1
+                except GuestError as err:
+                    self.lab._ready_failed(g.name, err)
+                self.lab._report_progress()
+        except BaseException:
+            for c in clients.values():
+                c.close()
+            self.abandon()
+            raise
+        self.pool.shutdown(wait=False)
+        return clients
+
+    def abandon(self) -> None:
+        """Stop the waits (each ends at its next retry) and close what they opened."""
+        self.abandoned = True
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        for fut in self.futures:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                fut.result().close()
+

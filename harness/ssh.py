@@ -187,6 +187,7 @@ class ReadyOptions:
     #: dropped without an answer, and the kernel resends it only after its 1 s initial RTO:
     #: a short first timeout retries it sooner.
     connect_timeout: float = 0.1
+    connect_timeout_growth: float = 1.0
     connect_timeout_max: float = 2.0
     handshake_timeout: float = 30.0
     command_timeout: float = 60.0
@@ -263,7 +264,8 @@ def connect_ready(
             last = exc
             # Longer each time (a jump host's channel open may need more than the first
             # timeout); no extra sleep after a timeout, which was the wait already.
-            connect_timeout = min(connect_timeout * 2, opts.connect_timeout_max)
+            connect_timeout = min(connect_timeout * opts.connect_timeout_growth,
+                                  opts.connect_timeout_max)
             if isinstance(exc, TimeoutError):
                 continue
             time.sleep(delay)

@@ -70,6 +70,10 @@ class RunContext:
     run_dir: Path
     client_public_key: str
     on_phase: PhaseHook = lambda name, phase, a, b: None
+    #: Called by ``up`` as soon as a guest is started, so that the lab waits for it to answer
+    #: while the others are still being started; a backend that never calls it has its
+    #: guests waited for after ``up`` returns.
+    on_started: Callable[[Guest], None] = lambda guest: None
     upper: str = "tmpfs"
     options: dict[str, str] = field(default_factory=dict)
 

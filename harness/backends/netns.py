@@ -242,11 +242,23 @@ class NetnsBackend(Backend):
         if lines:
             self._run(["ip", "-batch", "-"], "\n".join(lines) + "\n")
 
+    def _fstab(self, spec: GuestSpec, upper: Path, work: Path, root: Path) -> Path:
+        """The guest's mounts, in order: overlay root, then /proc, /dev (rbind), /sys."""
+        assert self.ctx is not None
+        base = self.ctx.state.dir / "base"
+        fstab = upper.parent / "fstab"
+        fstab.write_text(
+            f"overlay {root} overlay lowerdir={base},upperdir={upper},workdir={work} 0 0\n"
+            f"proc {root}/proc proc defaults 0 0\n"
+            f"/dev {root}/dev none rbind 0 0\n"
+            f"sysfs {root}/sys sysfs defaults 0 0\n"
+        )
+        return fstab
+
     def _init_script(self, spec: GuestSpec, upper: Path, work: Path, root: Path) -> str:
         """PID 1 of the guest, run by the host's /bin/sh until it pivots into the overlay."""
         assert self.image is not None and self.ctx is not None
         q = shlex.quote
-        base = self.ctx.state.dir / "base"
         procs = " ".join(q(str(p / "cgroup.procs")) for p in self.cgroups.paths(spec.name))
         services = self.image.services
         lines = [
@@ -258,11 +270,10 @@ class NetnsBackend(Backend):
             "link set eth0 up",
             "EOF",
             f"echo {q(spec.name)} > /proc/sys/kernel/hostname",
-            f"mount -t overlay overlay -o lowerdir={base},upperdir={upper},workdir={work} {root}",
+            # The overlay root and its /proc, /dev and /sys from one fstab: one `mount`
+            # process instead of four (each exec costs tens of ms on a loaded host).
+            f"mount --all --fstab {q(str(self._fstab(spec, upper, work, root)))}",
             f"cd {root}",
-            "mount -t proc proc proc",
-            "mount --rbind /dev dev",
-            "mount -t sysfs sysfs sys",
             # Swap roots and drop the old one: the guest keeps no view of the host's mounts
             # (nor pins other guests' namespaces through them).
             "pivot_root . mnt",
@@ -340,6 +351,7 @@ class NetnsBackend(Backend):
             ctx.on_phase(spec.name, "started", t_created_end, t_started)
             t_created = t_started
             guests.append(Guest(spec, spec.address, 22, info={"upper": str(upper)}))
+            ctx.on_started(guests[-1])
         self.guests = guests
         return guests
 

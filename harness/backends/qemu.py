@@ -580,6 +580,7 @@ class QemuBackend(Backend):
                 "console": str(console), "disk": str(disk), "qmp": str(qmp_path),
                 "pid": proc.pid, "tap": tap or "", "accel": self.accel,
             }))
+            ctx.on_started(guests[-1])
         return guests
 
     # -- following the consoles ------------------------------------------------------------

@@ -53,7 +53,7 @@ from harness.identity import (
 )
 from harness.image import cache
 from harness.lab import Lab
-from harness.ssh import Fleet, load_private_key, write_client_key, write_exports
+from harness.ssh import Fleet, write_client_key
 from harness.state import RunState
 from harness.store import Context, Store
 
@@ -203,14 +203,9 @@ class ShardLab(Lab):
             client_public_key=self.spec.client_key.public_openssh, on_phase=self._phase,
             options={"subnet": str(net), "subnet_gateway": f"{specs[0].gateway}/{net.prefixlen}"},
         )
-        self.backend.prepare(self.image, ctx)
-        guests = self.backend.up(specs)
-        for g in guests:
-            g.lab_host = self.spec.lab_host
-        self.guests = guests
-        write_exports(self.run_dir, guests, self._key_path)
-        self._write_inventory(guests)
-        clients = self._wait_ready(guests, load_private_key(self.spec.client_key.private_openssh))
+        clients = self._bring_up(specs, ctx, self._key_path,
+                                 self.spec.client_key.private_openssh, self.spec.lab_host)
+        guests = self.guests
         by_name = {g.name: g for g in guests}
         order = [g.name for g in guests if g.name in clients]
         self.fleet = Fleet({n: clients[n] for n in order}, by_name, self.config.fanout_workers)
