@@ -182,12 +182,13 @@ PhaseCallback = Callable[[str, str, int, int], None]
 @dataclass
 class ReadyOptions:
     timeout: float = 120.0
-    #: The first TCP connect's timeout, doubled after each connect that times out, up to
-    #: ``connect_timeout_max``. A SYN sent before the guest has configured its address is
-    #: dropped without an answer, and the kernel resends it only after its 1 s initial RTO:
-    #: a short first timeout retries it sooner.
+    #: The first TCP connect's timeout, grown by ``connect_timeout_growth`` after each
+    #: connect that times out, up to ``connect_timeout_max``. A SYN sent before the guest
+    #: has configured its address is dropped without an answer, and the kernel resends it
+    #: only after its 1 s initial RTO: a short first timeout retries it sooner; the growth
+    #: lets a loaded host (or a jump host's channel open) take longer.
     connect_timeout: float = 0.1
-    connect_timeout_growth: float = 1.0
+    connect_timeout_growth: float = 1.5
     connect_timeout_max: float = 2.0
     handshake_timeout: float = 30.0
     command_timeout: float = 60.0
