@@ -459,6 +459,18 @@ def goals(results: dict[str, Stats]) -> str:
             r = sl / median(s.cps)
             lines.append(f"- {label}: **{'met' if r >= need else 'NOT met'}** "
                          f"(scalelab does {r:.2f}× its commands/s)")
+    # Context for the ratios above: the guests run on the same CPUs as the tools, so
+    # commands/s is bounded by client + guest CPU per command; the client's own share
+    # is what a tool controls.
+    base = results.get("scalelab")
+    if base and base.client_cpu:
+        ours = median(base.client_cpu)
+        for tool, s in results.items():
+            if tool != "scalelab" and s.client_cpu:
+                lines.append(f"- client CPU per command, {TOOLS[tool].name}: "
+                             f"{median(s.client_cpu) / ours:.2f}× scalelab's "
+                             f"(guest CPU per command: {median(s.guest_cpu) * 1e3:.2f} ms "
+                             f"vs {median(base.guest_cpu) * 1e3:.2f} ms)")
     return "\n".join(lines) + "\n"
 
 
