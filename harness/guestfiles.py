@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import tempfile
 from pathlib import Path
 
+from harness.errors import LabError
 from harness.identity import GuestSpec
 
 
@@ -51,3 +54,28 @@ def write_guest_files(spec: GuestSpec, client_public_key: str, upper: Path) -> N
     ssh.mkdir(parents=True, mode=0o700, exist_ok=True)
     _write_private(ssh / "authorized_keys", client_public_key + "\n")
     (upper / "run/sshd").mkdir(parents=True, exist_ok=True)
+
+
+def make_guest_disk(spec: GuestSpec, client_public_key: str, path: Path, size: int) -> None:
+    """The guest's writable disk: ext4 holding ``upper/`` (its identity tree, what the
+    initramfs uses as the overlay's upper layer) and an empty ``work/``.
+
+    No journal and a small inode table: the disk is thrown away with the run, and what it
+    costs after boot should be the guest's own files, not ext4's bookkeeping.
+    """
+    with tempfile.TemporaryDirectory(prefix=f".{spec.name}-", dir=path.parent) as tmp:
+        tree = Path(tmp)
+        (tree / "upper").mkdir()
+        (tree / "work").mkdir()
+        write_guest_files(spec, client_public_key, tree / "upper")
+        inodes = max(1024, size // (64 << 10))
+        out = subprocess.run(
+            [
+                "mkfs.ext4", "-q", "-F", "-L", "scalelab-rw", "-m", "0",
+                "-O", "^has_journal,^resize_inode", "-N", str(inodes),
+                "-E", "root_owner=0:0", "-d", str(tree), str(path), f"{size >> 10}k",
+            ],
+            capture_output=True, text=True, check=False,
+        )
+    if out.returncode != 0:
+        raise LabError(f"mkfs.ext4 for {spec.name}'s disk failed: {out.stderr.strip()}")

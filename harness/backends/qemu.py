@@ -42,7 +42,7 @@ from harness.backends import labnet
 from harness.backends.base import Backend, FaultNotSupported, Guest, RunContext, now_ns
 from harness.backends.netns import _size_bytes
 from harness.errors import LabError, UserError
-from harness.guestfiles import write_guest_files
+from harness.guestfiles import make_guest_disk
 from harness.identity import GuestSpec, run_tag
 from harness.image.cache import Image, cache_dir
 from harness.image.vm import GUEST_INIT, vm_info
@@ -126,31 +126,6 @@ def ext4_used_bytes(image: Path) -> int | None:
         return (int(head["Block count"]) - free) * int(head["Block size"])
     except KeyError:
         return None
-
-
-def make_guest_disk(spec: GuestSpec, client_public_key: str, path: Path, size: int) -> None:
-    """The guest's writable disk: ext4 holding ``upper/`` (its identity tree, what the
-    initramfs uses as the overlay's upper layer) and an empty ``work/``.
-
-    No journal and a small inode table: the disk is thrown away with the run, and what it
-    costs after boot should be the guest's own files, not ext4's bookkeeping.
-    """
-    with tempfile.TemporaryDirectory(prefix=f".{spec.name}-", dir=path.parent) as tmp:
-        tree = Path(tmp)
-        (tree / "upper").mkdir()
-        (tree / "work").mkdir()
-        write_guest_files(spec, client_public_key, tree / "upper")
-        inodes = max(1024, size // (64 << 10))
-        out = subprocess.run(
-            [
-                "mkfs.ext4", "-q", "-F", "-L", "scalelab-rw", "-m", "0",
-                "-O", "^has_journal,^resize_inode", "-N", str(inodes),
-                "-E", "root_owner=0:0", "-d", str(tree), str(path), f"{size >> 10}k",
-            ],
-            capture_output=True, text=True, check=False,
-        )
-    if out.returncode != 0:
-        raise LabError(f"mkfs.ext4 for {spec.name}'s disk failed: {out.stderr.strip()}")
 
 
 def _free_port(taken: set[int]) -> int:

@@ -1,0 +1,32 @@
+"""The image bundle (shared image, kernel, initramfs) as dom0 keeps it: one directory per
+build."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from harness.image.cache import Image
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(4 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+BUNDLE_FILES = ("base.img", "vmlinuz", "initrd.img")
+
+
+def bundle_id(image: Image) -> str:
+    """Names the image + kernel + initramfs on dom0: a new build gets a new directory."""
+    h = hashlib.sha256(image.digest.encode())
+    for p in (image.kernel, image.initrd):
+        h.update(_sha256(p).encode())
+    return h.hexdigest()[:24]
+
+
+def bundle_sources(image: Image) -> dict[str, Path]:
+    return dict(zip(BUNDLE_FILES, (image.path, image.kernel, image.initrd), strict=True))
