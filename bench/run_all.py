@@ -43,14 +43,11 @@ class Bench:
 
 
 BENCHES = (
-    # floor.sh puts every guest on one bridge, and a Linux bridge takes at most 1023 ports
-    # ("RTNETLINK answers: Exchange full" at N = 1024); scalelab at 1024 is measured by
-    # bench_peers_bringup.py (--scalelab-only).
-    Bench("bringup", "bench_bringup.py", ("--guests", "64,256"),
+    Bench("bringup", "bench_bringup.py", ("--guests", "64,256,1024"),
           ("--guests", "64,256", "--repeat", "2"),
           "Bring-up: scalelab netns vs the shell floor (floor.sh)"),
     Bench("peers", "bench_peers_bringup.py", (), ("--quick", "--repeat", "2")),
-    Bench("fanout", "bench_fanout.py", (), ("--repeat", "2")),
+    Bench("fanout", "bench_fanout.py", (), ("--repeat", "3")),
     Bench("report", "bench_report.py", (), ("--repeat", "1"),
           "Report rendering: 1,000,000 timing rows"),
 )

@@ -13,6 +13,7 @@ from typing import Any
 
 import paramiko
 import pytest
+from labs import lab_session, run_ok
 from leaks import PROJECT, snapshot
 
 from harness.backends.base import Guest
@@ -37,13 +38,8 @@ N = 4
 
 @pytest.fixture(scope="module")
 def session(image: Image, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
-    reports = tmp_path_factory.mktemp("reports")
-    cfg = build_config({"guests": str(N), "reports_dir": str(reports)}, PROJECT)
-    s = Session(cfg)
-    try:
+    with lab_session(tmp_path_factory.mktemp("reports"), guests=str(N)) as s:
         yield s
-    finally:
-        s.finish(render=False)
 
 
 @pytest.fixture(scope="module")
@@ -55,15 +51,9 @@ def lab(session: Session, image: Image) -> Iterator[Lab]:
     assert sha256_file(image.path) == digest_before, "a run wrote into the shared image"
 
 
-def _run(lab: Lab, name: str, cmd: str) -> str:
-    res = lab.require_fleet().run(cmd, names=[name])[name]
-    assert res.exit_status == 0, res.stderr
-    return str(res.stdout)
-
-
 def test_identity_inside_each_guest(lab: Lab) -> None:
     for g in lab.guests:
-        out = _run(lab, g.name, "hostname; cat /sys/class/net/eth0/address; "
+        out = run_ok(lab, g.name, "hostname; cat /sys/class/net/eth0/address; "
                    "ip -4 -o addr show eth0; cat /etc/machine-id; "
                    "cat /etc/ssh/ssh_host_ed25519_key.pub")
         hostname, mac, addr, machine_id, pub = out.strip().splitlines()
@@ -76,20 +66,20 @@ def test_identity_inside_each_guest(lab: Lab) -> None:
 
 def test_root_is_overlay_and_no_outside_route(lab: Lab) -> None:
     g = lab.guests[0]
-    mounts = _run(lab, g.name, "cat /proc/mounts")
+    mounts = run_ok(lab, g.name, "cat /proc/mounts")
     root = [ln for ln in mounts.splitlines() if ln.split()[1] == "/"]
     assert root and root[0].split()[2] == "overlay"
     # The guest sees none of the host's mounts and has no route off the lab subnet.
     assert "/run/scalelab" not in mounts.replace(root[0], "")
-    routes = _run(lab, g.name, "ip -4 route")
+    routes = run_ok(lab, g.name, "ip -4 route")
     assert "default" not in routes
-    assert _run(lab, g.name, "cat /proc/1/comm").strip() == "sshd"
+    assert run_ok(lab, g.name, "cat /proc/1/comm").strip() == "sshd"
 
 
 def test_writes_stay_in_one_guest(lab: Lab, image: Image) -> None:
     a, b = lab.guests[0], lab.guests[1]
-    _run(lab, a.name, "echo secret > /etc/only-in-a && sync")
-    assert _run(lab, a.name, "cat /etc/only-in-a").strip() == "secret"
+    run_ok(lab, a.name, "echo secret > /etc/only-in-a && sync")
+    assert run_ok(lab, a.name, "cat /etc/only-in-a").strip() == "secret"
     res = lab.require_fleet().run("test -e /etc/only-in-a", names=[b.name])[b.name]
     assert res.exit_status == 1
     # The write landed in a's upper layer, not in the image.

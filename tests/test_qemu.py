@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from labs import lab_session, run_ok
 from leaks import PROJECT, Snapshot, snapshot
 
 from harness.backends import load_backend, parse_backend
@@ -39,16 +40,9 @@ def vm_image(root: None) -> Image:
 
 @pytest.fixture(scope="module")
 def session(vm_image: Image, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
-    reports = tmp_path_factory.mktemp("reports")
-    cfg = build_config(
-        {"guests": str(N), "backend": "qemu://?accel=tcg", "reports_dir": str(reports)},
-        PROJECT,
-    )
-    s = Session(cfg)
-    try:
+    with lab_session(tmp_path_factory.mktemp("reports"), guests=str(N),
+                     backend="qemu://?accel=tcg") as s:
         yield s
-    finally:
-        s.finish(render=False)
 
 
 @pytest.fixture(scope="module")
@@ -70,15 +64,9 @@ def ours(before: Snapshot, *run_ids: str) -> dict[str, set[str]]:
     return {kind: vs for kind, vs in left.items() if vs}
 
 
-def _run(lab: Lab, name: str, cmd: str) -> str:
-    res = lab.require_fleet().run(cmd, names=[name])[name]
-    assert res.exit_status == 0, res.stderr
-    return str(res.stdout)
-
-
 def test_identity_inside_each_vm(lab: Lab) -> None:
     for g in lab.guests:
-        out = _run(lab, g.name, "hostname; cat /sys/class/net/eth0/address; "
+        out = run_ok(lab, g.name, "hostname; cat /sys/class/net/eth0/address; "
                    "ip -4 -o addr show eth0; cat /etc/machine-id; "
                    "cat /etc/ssh/ssh_host_ed25519_key.pub")
         hostname, mac, addr, machine_id, pub = out.strip().splitlines()
@@ -99,26 +87,26 @@ def test_vm_runs_on_the_lab_bridge_with_tcg(lab: Lab) -> None:
         assert Path(f"/sys/class/net/{g.info['tap']}/master").resolve().name.startswith("slb-")
     # The kernel is in its own VM: not the host's kernel, and PID 1 is the lean init.
     g = lab.guests[0]
-    assert _run(lab, g.name, "uname -r").strip() == d["kernel"]
-    assert _run(lab, g.name, "cat /proc/1/cmdline | tr '\\0' ' '").startswith(
+    assert run_ok(lab, g.name, "uname -r").strip() == d["kernel"]
+    assert run_ok(lab, g.name, "cat /proc/1/cmdline | tr '\\0' ' '").startswith(
         "/bin/sh /usr/lib/scalelab/init")
-    assert "default" not in _run(lab, g.name, "ip -4 route")
+    assert "default" not in run_ok(lab, g.name, "ip -4 route")
 
 
 def test_root_is_overlay_of_a_read_only_disk(lab: Lab) -> None:
     for g in lab.guests:
-        mounts = [ln.split() for ln in _run(lab, g.name, "cat /proc/mounts").splitlines()]
+        mounts = [ln.split() for ln in run_ok(lab, g.name, "cat /proc/mounts").splitlines()]
         by_point = {m[1]: m for m in mounts}
         assert by_point["/"][2] == "overlay"
         assert by_point["/ro"][0] == "/dev/vda" and by_point["/ro"][3].split(",")[0] == "ro"
         assert by_point["/rw"][0] == "/dev/vdb" and by_point["/rw"][3].split(",")[0] == "rw"
-        assert _run(lab, g.name, "cat /sys/block/vda/ro").strip() == "1"
-        assert _run(lab, g.name, "cat /sys/block/vdb/ro").strip() == "0"
+        assert run_ok(lab, g.name, "cat /sys/block/vda/ro").strip() == "1"
+        assert run_ok(lab, g.name, "cat /sys/block/vdb/ro").strip() == "0"
         # The device itself refuses writes, whatever the guest's root would try.
         res = lab.require_fleet().run("dd if=/dev/zero of=/dev/vda bs=512 count=1",
                                       names=[g.name])[g.name]
         assert res.exit_status != 0
-        fstab = _run(lab, g.name, "cat /etc/fstab")
+        fstab = run_ok(lab, g.name, "cat /etc/fstab")
         assert "scalelab-overlayroot" in fstab
         assert not [ln for ln in fstab.splitlines()
                     if not ln.startswith("#") and len(ln.split()) > 2
@@ -127,11 +115,11 @@ def test_root_is_overlay_of_a_read_only_disk(lab: Lab) -> None:
 
 def test_writes_stay_in_one_vm(lab: Lab, vm_image: Image) -> None:
     a, b = lab.guests[0].name, lab.guests[1].name
-    _run(lab, a, "echo only-in-a > /root/cow-probe && sync")
-    assert _run(lab, a, "cat /root/cow-probe").strip() == "only-in-a"
-    assert _run(lab, a, "cat /rw/upper/root/cow-probe").strip() == "only-in-a"
-    assert _run(lab, b, "test -e /root/cow-probe && echo yes || echo no").strip() == "no"
-    assert _run(lab, a, "test -e /ro/root/cow-probe && echo yes || echo no").strip() == "no"
+    run_ok(lab, a, "echo only-in-a > /root/cow-probe && sync")
+    assert run_ok(lab, a, "cat /root/cow-probe").strip() == "only-in-a"
+    assert run_ok(lab, a, "cat /rw/upper/root/cow-probe").strip() == "only-in-a"
+    assert run_ok(lab, b, "test -e /root/cow-probe && echo yes || echo no").strip() == "no"
+    assert run_ok(lab, a, "test -e /ro/root/cow-probe && echo yes || echo no").strip() == "no"
     # Nor in the image file (read with debugfs, which never writes without -w).
     out = subprocess.run(["debugfs", "-R", "ls -l /root", str(vm_image.path)],
                          capture_output=True, text=True, check=True)
@@ -141,7 +129,7 @@ def test_writes_stay_in_one_vm(lab: Lab, vm_image: Image) -> None:
 def test_writable_disk_is_small_after_boot(lab: Lab) -> None:
     fp = lab.backend.footprint(lab.guests)  # type: ignore[attr-defined]
     for g in lab.guests:
-        blocks, free, bsize = map(int, _run(lab, g.name, "stat -f -c '%b %f %S' /rw").split())
+        blocks, free, bsize = map(int, run_ok(lab, g.name, "stat -f -c '%b %f %S' /rw").split())
         assert (blocks - free) * bsize <= 1 << 20
         # Host side: every allocated block of the ext4 image, metadata included.
         upper, unit = fp[g.name]["upper_bytes"]
@@ -172,7 +160,7 @@ def test_pause_and_resume(lab: Lab) -> None:
     finally:
         lab.backend.resume(g)
     assert qmp(qmp_path, "query-status")["status"] == "running"
-    assert _run(lab, g.name, "echo back").strip() == "back"
+    assert run_ok(lab, g.name, "echo back").strip() == "back"
 
 
 def test_isolate_and_heal(lab: Lab) -> None:
@@ -184,7 +172,7 @@ def test_isolate_and_heal(lab: Lab) -> None:
             socket.create_connection((g.spec.address, 22), timeout=1).close()
     finally:
         lab.backend.heal()
-    assert _run(lab, g.name, "echo healed").strip() == "healed"
+    assert run_ok(lab, g.name, "echo healed").strip() == "healed"
 
 
 def test_kill_and_teardown_leave_nothing(session: Session, vm_image: Image) -> None:
@@ -219,14 +207,14 @@ def test_user_networking_and_tmpfs_upper(vm_image: Image, tmp_path: Path) -> Non
         g = lab.guests[0]
         assert g.host == "127.0.0.1" and g.port != 22 and g.info["tap"] == ""
         assert lab.backend.describe()["net"] == "user"
-        out = _run(lab, g.name, "hostname; ip -4 -o addr show eth0; ip -4 route")
+        out = run_ok(lab, g.name, "hostname; ip -4 -o addr show eth0; ip -4 route")
         assert out.splitlines()[0] == g.name and f"inet {g.spec.ip} " in out
         assert "default" not in out
-        mounts = {ln.split()[1]: ln.split() for ln in _run(lab, g.name, "cat /proc/mounts")
+        mounts = {ln.split()[1]: ln.split() for ln in run_ok(lab, g.name, "cat /proc/mounts")
                   .splitlines()}
         assert mounts["/"][2] == "overlay" and mounts["/rw"][2] == "tmpfs"
         assert "/dev/vdb" not in {m[0] for m in mounts.values()}  # the seed disk is let go
-        assert _run(lab, g.name, "cat /rw/upper/etc/hostname").strip() == g.name
+        assert run_ok(lab, g.name, "cat /rw/upper/etc/hostname").strip() == g.name
         pid = int(g.info["pid"])
     finally:
         assert s.finish(render=False) == []
@@ -261,13 +249,13 @@ def test_systemd_boot(vm_image: Image, tmp_path: Path) -> None:
     try:
         lab = s.lab_up(1)
         g = lab.guests[0]
-        assert _run(lab, g.name, "cat /proc/1/comm").strip() == "systemd"
-        out = _run(lab, g.name, "hostname; ip -4 -o addr show eth0; "
+        assert run_ok(lab, g.name, "cat /proc/1/comm").strip() == "systemd"
+        out = run_ok(lab, g.name, "hostname; ip -4 -o addr show eth0; "
                    "systemctl is-active scalelab-guest.service; pgrep -c sshd")
         name, addr, active, n_sshd = out.strip().splitlines()
         assert name == g.name and f"inet {g.spec.ip} " in addr and active == "active"
         assert int(n_sshd) >= 1
-        assert _run(lab, g.name, "grep ' / ' /proc/mounts").split()[2] == "overlay"
+        assert run_ok(lab, g.name, "grep ' / ' /proc/mounts").split()[2] == "overlay"
     finally:
         assert s.finish(render=False) == []
     assert ours(before, s.run_id) == {}
