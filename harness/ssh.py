@@ -178,6 +178,21 @@ class _TimedSocket:
 
 PhaseCallback = Callable[[str, str, int, int], None]
 
+#: Ciphers put first in every client transport. With an AEAD cipher the packet's tag is
+#: checked inside ``cryptography``; with a separate MAC paramiko compares it byte by byte in
+#: Python (``util.constant_time_bytes_eq``) and builds an ``hmac`` object per packet, which
+#: profiled at about a fifth of the client's CPU in a fan-out of short commands.
+PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+
+
+def _transport(sock: Any, **kwargs: Any) -> paramiko.Transport:
+    """A client transport that prefers AEAD ciphers (others stay allowed, after them)."""
+    transport = paramiko.Transport(sock, **kwargs)
+    opts = transport.get_security_options()
+    first = [c for c in PREFERRED_CIPHERS if c in opts.ciphers]
+    opts.ciphers = tuple(first + [c for c in opts.ciphers if c not in first])
+    return transport
+
 
 @dataclass
 class ReadyOptions:
@@ -295,6 +310,7 @@ def connect_ready(
                     timeout=opts.handshake_timeout,
                     banner_timeout=max(5.0, min(30.0, deadline - time.monotonic())),
                     auth_timeout=30.0,
+                    transport_factory=_transport,
                 )
         except Exception as exc:
             client.close()
