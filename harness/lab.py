@@ -183,9 +183,8 @@ class Lab:
         by_name = {g.name: g for g in guests}
         order = [g.name for g in guests if g.name in clients]
         self.fleet = Fleet({n_: clients[n_] for n_ in order}, by_name, cfg.fanout_workers)
-        for name, err in self.failures.items():
+        for name in self.failures:
             self.fleet.lost[name] = time.time_ns()
-            del err
         self.bringup_seconds = time.monotonic() - t0
         self._record_footprint()
         return guests
