@@ -39,7 +39,6 @@ from benchlib import (
     median,
     missing_commands,
     mount_image_ro,
-    sha256_file,
     short_tag,
     trap_signals,
     tree_pss,
@@ -48,6 +47,7 @@ from peers import PEERS, LabNet, Peer, bring_up, write_identity
 
 from harness.config import build_config
 from harness.identity import KeyPair, choose_subnet, make_specs
+from harness.image.build import sha256_file
 from harness.lab import preflight_lab
 from harness.session import Session
 from harness.ssh import load_private_key
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     head = header("Bring-up: scalelab netns vs copy-per-guest vs standard CoW tools",
                   args.repeat, f"copy-per-guest: {min(args.copy_repeat, args.repeat)} "
                   f"repetition(s) (the `runs` column); image {image.name} sha256 "
-                  f"{digest[:16]}…")
+                  f"{digest.removeprefix('sha256:')[:16]}…")
     with tempfile.TemporaryDirectory(prefix="scalelab-bench-") as tmp:
         repeat = {t: args.repeat for t in ["scalelab", *names]}
         repeat["copy"] = min(args.copy_repeat, args.repeat)

@@ -171,14 +171,6 @@ def mount_image_ro(image: Path, where: Path, cleanup: Cleanup) -> Path:
     return where
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 # -- processes -------------------------------------------------------------------------------
 
 

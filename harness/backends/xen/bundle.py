@@ -6,16 +6,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from harness.image.build import sha256_file
 from harness.image.cache import Image
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(4 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 BUNDLE_FILES = ("base.img", "vmlinuz", "initrd.img")
 
@@ -24,7 +16,7 @@ def bundle_id(image: Image) -> str:
     """Names the image + kernel + initramfs on dom0: a new build gets a new directory."""
     h = hashlib.sha256(image.digest.encode())
     for p in (image.kernel, image.initrd):
-        h.update(_sha256(p).encode())
+        h.update(sha256_file(p).removeprefix("sha256:").encode())
     return h.hexdigest()[:24]
 
 
