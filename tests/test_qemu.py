@@ -18,6 +18,7 @@ from labs import lab_session, run_ok
 from leaks import PROJECT, Snapshot, snapshot
 
 from harness.backends import load_backend, parse_backend
+from harness.backends.base import Guest
 from harness.backends.qemu import QemuBackend, qmp
 from harness.config import build_config
 from harness.errors import LabError, UserError
@@ -173,6 +174,29 @@ def test_isolate_and_heal(lab: Lab) -> None:
     finally:
         lab.backend.heal()
     assert run_ok(lab, g.name, "echo healed").strip() == "healed"
+
+
+def test_partition_and_heal(lab: Lab) -> None:
+    """Between two VMs on the lab bridge: dropped both ways while partitioned; the host
+    still reaches both; healed, the table is gone and they talk again."""
+    g0, g1 = lab.guests[0], lab.guests[1]
+
+    def reaches(src: Guest, dst: Guest) -> bool:
+        probe = f"timeout 3 bash -c 'echo > /dev/tcp/{dst.spec.address}/22'"
+        return lab.require_fleet().run(probe, names=[src.name], timeout=30)[src.name].ok
+
+    assert reaches(g0, g1) and reaches(g1, g0)
+    table = f"slp-{lab.backend.tag}"  # type: ignore[attr-defined]
+    lab.backend.isolate([g0], [g1])  # isolate from a group = partition
+    try:
+        assert not reaches(g0, g1) and not reaches(g1, g0)
+        assert run_ok(lab, g0.name, "echo host").strip() == "host"
+        assert run_ok(lab, g1.name, "echo host").strip() == "host"
+    finally:
+        lab.backend.heal()
+    assert reaches(g0, g1) and reaches(g1, g0)
+    listed = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True)
+    assert table not in listed.stdout
 
 
 def test_kill_and_teardown_leave_nothing(session: Session, vm_image: Image) -> None:

@@ -83,3 +83,23 @@ def tap_lines(tap: str, bridge: str, spec: GuestSpec) -> list[str]:
 
 def set_link(name: str, up: bool) -> None:
     ip_batch([f"link set {shlex.quote(name)} {'up' if up else 'down'}"])
+
+
+def partition_ruleset(table: str, side_a: Sequence[str], side_b: Sequence[str]) -> str:
+    """An nftables ruleset (bridge family) dropping bridged frames between two groups of
+    bridge ports (the guests' veths or taps); the host keeps reaching every guest."""
+
+    def elements(ports: Sequence[str]) -> str:
+        return ", ".join(f'"{p}"' for p in ports)
+
+    return f"""
+table bridge {table} {{
+  set side_a {{ type ifname; elements = {{ {elements(side_a)} }} }}
+  set side_b {{ type ifname; elements = {{ {elements(side_b)} }} }}
+  chain forward {{
+    type filter hook forward priority 0; policy accept;
+    iifname @side_a oifname @side_b drop
+    iifname @side_b oifname @side_a drop
+  }}
+}}
+"""

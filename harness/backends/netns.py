@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from harness.backends import labnet
 from harness.backends.base import Backend, Guest, RunContext, now_ns
 from harness.errors import LabError, UserError
 from harness.guestfiles import write_guest_files
@@ -436,20 +437,9 @@ class NetnsBackend(Backend):
 
     def partition(self, side_a: Sequence[Guest], side_b: Sequence[Guest]) -> None:
         """Drop bridged traffic between two groups with nftables (bridge family)."""
-        def elements(gs: Sequence[Guest]) -> str:
-            return ", ".join(f'"{self.veth_name(g.spec)}"' for g in gs)
-
-        ruleset = f"""
-table bridge {self.nft_table} {{
-  set side_a {{ type ifname; elements = {{ {elements(side_a)} }} }}
-  set side_b {{ type ifname; elements = {{ {elements(side_b)} }} }}
-  chain forward {{
-    type filter hook forward priority 0; policy accept;
-    iifname @side_a oifname @side_b drop
-    iifname @side_b oifname @side_a drop
-  }}
-}}
-"""
+        ruleset = labnet.partition_ruleset(
+            self.nft_table, [self.veth_name(g.spec) for g in side_a],
+            [self.veth_name(g.spec) for g in side_b])
         if not self._partitioned:
             self._record("nft", family="bridge", table=self.nft_table)
         self._run(["nft", "-f", "-"], ruleset)

@@ -279,7 +279,7 @@ class _Vm:
 
 class QemuBackend(Backend):
     name = "qemu"
-    faults = frozenset({"kill", "pause", "isolate"})
+    faults = frozenset({"kill", "pause", "isolate", "partition"})
 
     def __init__(self, options: dict[str, str] | None = None) -> None:
         super().__init__(options)
@@ -295,6 +295,7 @@ class QemuBackend(Backend):
         self._vms: dict[str, _Vm] = {}
         self._resources: list[Any] = []
         self._isolated: set[str] = set()
+        self._partitioned = False
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -722,12 +723,27 @@ class QemuBackend(Backend):
     def isolate(self, guests: Sequence[Guest], others: Sequence[Guest] | None = None) -> None:
         """Take the guests' NICs down (QMP ``set_link``): as if their cable were pulled."""
         if others:
-            raise FaultNotSupported(
-                "qemu: partitions between groups use the nemesis' nftables partition"
-            )
+            self.partition(guests, others)
+            return
         for g in guests:
             qmp(self._vm(g).qmp, "set_link", name="net0", up=False)
             self._isolated.add(g.name)
+
+    def partition(self, side_a: Sequence[Guest], side_b: Sequence[Guest]) -> None:
+        """Drop bridged traffic between two groups of VMs (nftables on their taps)."""
+        if self.net != "tap":
+            raise FaultNotSupported("qemu: partitions need net=tap (user networking has no "
+                                    "bridge between the guests)")
+        table = f"slp-{self.tag}"
+        ruleset = labnet.partition_ruleset(
+            table, [self._vm(g).tap or "" for g in side_a], [self._vm(g).tap or "" for g in side_b])
+        if not self._partitioned:
+            self._record("nft", family="bridge", table=table)
+        out = subprocess.run(["nft", "-f", "-"], input=ruleset, capture_output=True, text=True,
+                             check=False)
+        if out.returncode != 0:
+            raise LabError(f"nft: {out.stderr.strip()}")
+        self._partitioned = True
 
     def heal(self) -> None:
         for name in sorted(self._isolated):
@@ -735,4 +751,8 @@ class QemuBackend(Backend):
             if vm is not None and vm.proc.poll() is None:
                 qmp(vm.qmp, "set_link", name="net0", up=True)
         self._isolated.clear()
+        if self._partitioned:
+            subprocess.run(["nft", "delete", "table", "bridge", f"slp-{self.tag}"],
+                           capture_output=True, check=False)
+            self._partitioned = False
 
