@@ -11,7 +11,7 @@ import ipaddress
 import json
 import subprocess
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives import serialization
@@ -204,23 +204,43 @@ def make_specs(
     return specs
 
 
+#: What no two guests of a lab may share: field of ``identity_row`` → what a person calls it.
+IDENTITY_FIELDS = {
+    "name": "hostname",
+    "mac": "MAC",
+    "ip": "IP",
+    "machine_id": "machine-id",
+    "host_key": "host key",
+}
+#: Fields compared without regard to case (hostnames and MACs are case-insensitive).
+_CASELESS = frozenset({"name", "mac"})
+
+
+def identity_row(spec: GuestSpec) -> dict[str, str]:
+    """The guest's ``IDENTITY_FIELDS`` as strings (what crosses to other lab hosts, too)."""
+    return {"name": spec.name, "mac": spec.mac, "ip": spec.address,
+            "machine_id": spec.machine_id, "host_key": spec.host_key.public_blob}
+
+
+def shared_identities(rows: Iterable[tuple[str, Mapping[str, str]]]) -> list[str]:
+    """One line for each identity value more than one guest holds; ``rows`` are
+    (how to name the guest, its ``identity_row``)."""
+    rows = list(rows)
+    problems = []
+    for key, what in IDENTITY_FIELDS.items():
+        seen: dict[str, list[str]] = defaultdict(list)
+        for label, row in rows:
+            value = str(row[key])
+            seen[value.lower() if key in _CASELESS else value].append(label)
+        for value, labels in seen.items():
+            if len(labels) > 1:
+                shown = value if len(value) < 40 else value[:20] + "…"
+                problems.append(f"{what} {shown} shared by {', '.join(labels)}")
+    return problems
+
+
 def preflight(specs: Sequence[GuestSpec]) -> None:
     """Fail, naming the guests, if any two share a name, MAC, IP, machine-id or host key."""
-    problems = []
-    checks: dict[str, Callable[[GuestSpec], str]] = {
-        "hostname": lambda s: s.name,
-        "MAC": lambda s: s.mac.lower(),
-        "IP": lambda s: s.address,
-        "machine-id": lambda s: s.machine_id,
-        "host key": lambda s: s.host_key.public_blob,
-    }
-    for what, key in checks.items():
-        seen: dict[str, list[str]] = defaultdict(list)
-        for s in specs:
-            seen[key(s)].append(s.name)
-        for value, names in seen.items():
-            if len(names) > 1:
-                shown = value if len(value) < 40 else value[:20] + "…"
-                problems.append(f"{what} {shown} shared by {', '.join(names)}")
+    problems = shared_identities((s.name, identity_row(s)) for s in specs)
     if problems:
         raise LabError("identity preflight failed: " + "; ".join(problems))

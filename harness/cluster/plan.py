@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from harness.config import MAX_GUESTS
 from harness.errors import LabError, UserError
-from harness.identity import DEFAULT_POOL, prefix_for
+from harness.identity import DEFAULT_POOL, prefix_for, shared_identities
 
 #: Seconds the client waits for a scheduler (or a worker) to answer.
 CONNECT_TIMEOUT = 10.0
@@ -169,29 +169,10 @@ def allocate_subnets(
     return chosen
 
 
-#: The identity fields a shard reports about each guest, checked across all shards.
-IDENTITY_FIELDS = {
-    "name": "hostname",
-    "mac": "MAC",
-    "ip": "IP",
-    "machine_id": "machine-id",
-    "host_key": "host key",
-}
-
-
 def check_identities(identities: Iterable[Mapping[str, str]]) -> None:
     """Fail, naming the guests and their lab hosts, if any two guests of the whole lab share
     a name, MAC, IP, machine-id or host key (``harness.identity.preflight``'s rules)."""
-    rows = list(identities)
-    problems = []
-    for key, what in IDENTITY_FIELDS.items():
-        seen: dict[str, list[str]] = defaultdict(list)
-        for r in rows:
-            seen[str(r[key]).lower()].append(f"{r['name']}@{r['lab_host']}")
-        for value, names in seen.items():
-            if len(names) > 1:
-                shown = value if len(value) < 40 else value[:20] + "…"
-                problems.append(f"{what} {shown} shared by {', '.join(names)}")
+    problems = shared_identities((f"{r['name']}@{r['lab_host']}", r) for r in identities)
     if problems:
         raise LabError("identity preflight across lab hosts failed: " + "; ".join(problems))
 

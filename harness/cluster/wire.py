@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.backends.base import Guest, Jump
-from harness.identity import GuestSpec, KeyPair
+from harness.identity import GuestSpec, KeyPair, identity_row
 from harness.ssh import GroupResult, GuestError
 
 #: guest → result, and guest → (error class, message): GuestError does not survive pickle.
@@ -108,9 +108,7 @@ def guest_from_wire(d: dict[str, Any], jump: Jump | None = None) -> Guest:
 
 def identity_of(spec: GuestSpec, lab_host: str) -> dict[str, str]:
     """What the cross-shard identity preflight compares (see ``plan.check_identities``)."""
-    return {"name": spec.name, "mac": spec.mac, "ip": spec.address,
-            "machine_id": spec.machine_id, "host_key": spec.host_key.public_blob,
-            "lab_host": lab_host}
+    return {**identity_row(spec), "lab_host": lab_host}
 
 
 # -- functions -----------------------------------------------------------------------------
