@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from expected import plots_called_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(autouse=True)
-def _chromium() -> None:
+def _chromium_installed() -> None:
     # `make test` installs Debian's chromium: its absence is a broken set-up, not a skip.
     if CHROMIUM is None:
         pytest.fail("chromium is not installed: apt-get install chromium", pytrace=False)
@@ -27,7 +28,8 @@ def _chromium() -> None:
 CHECK_SCRIPT = """<script>
 window.addEventListener('load', function () {
   var images = Array.prototype.map.call(document.images, function (i) {
-    return [i.complete, i.naturalWidth, i.naturalHeight];
+    var fig = i.closest('figure');
+    return [i.complete, i.naturalWidth, i.naturalHeight, fig ? fig.id : ''];
   });
   var fetched = performance.getEntriesByType('resource').map(function (e) { return e.name; });
   var urls = [];
@@ -37,6 +39,11 @@ window.addEventListener('load', function () {
   document.title = 'CHECK:' + JSON.stringify({images: images, fetched: fetched, urls: urls});
 });
 </script>"""
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
 def _chromium(profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -94,9 +101,12 @@ def test_images_load_and_nothing_is_fetched(rendered: Path, tmp_path: Path) -> N
     m = re.search(r"<title>CHECK:(.*?)</title>", proc.stdout, re.S)
     assert m, "the probe did not run: " + proc.stdout[:500]
     seen: dict[str, Any] = json.loads(html_lib.unescape(m.group(1)))
-    assert len(seen["images"]) == 7
-    for complete, width, height in seen["images"]:
-        assert complete and width > 0 and height > 0
+    # Every plot the data calls for was decoded by the browser, at the size of its PNG file.
+    wanted = plots_called_for(rendered.parent)
+    assert sorted(fig for *_, fig in seen["images"]) == sorted(f"plot-{n}" for n in wanted)
+    for complete, width, height, fig in seen["images"]:
+        png = (rendered.parent / "plots" / f"{fig.removeprefix('plot-')}.png").read_bytes()
+        assert complete and (width, height) == _png_size(png), fig
     assert seen["fetched"] == []  # data: images are not fetches; anything else would be
     for url in seen["urls"]:
         assert not re.match(r"(?:https?:)?//", url), url

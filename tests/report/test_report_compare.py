@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,76 @@ from synthruns import RunSpec
 
 from harness.errors import UserError
 from harness.report import CompareResult, compare_runs
+from harness.report.compare import METRICS
+
+
+@dataclass
+class CompareTable:
+    """The per scenario and N table of compare.html: header texts, and per row its cells as
+    (class attribute, text)."""
+
+    headers: list[str] = field(default_factory=list)
+    rows: list[list[tuple[str, str]]] = field(default_factory=list)
+
+
+class _TableParser(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = CompareTable()
+        self._in_table = False
+        self._in_head = False
+        self._cell: tuple[str, list[str]] | None = None
+        self._row: list[tuple[str, str]] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "table" and "compare" in (a.get("class") or "").split():
+            self._in_table = True
+        elif self._in_table and tag == "thead":
+            self._in_head = True
+        elif self._in_table and tag == "tr":
+            self._row = []
+        elif self._in_table and tag in ("td", "th"):
+            self._cell = (a.get("class") or "", [])
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "table":
+            self._in_table = False
+        elif tag == "thead":
+            self._in_head = False
+        elif tag in ("td", "th") and self._cell is not None and self._row is not None:
+            self._row.append((self._cell[0], " ".join("".join(self._cell[1]).split())))
+            self._cell = None
+        elif tag == "tr" and self._row is not None:
+            if self._in_head:
+                self.table.headers = [t for _, t in self._row]
+            else:
+                self.table.rows.append(self._row)
+            self._row = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell[1].append(data)
+
+
+def flagged_cells(html: str) -> tuple[set[tuple[int, str]], dict[tuple[int, str], float]]:
+    """The (N, metric) change cells compare.html marks bad, and every change cell's value."""
+    parser = _TableParser()
+    parser.feed(html)
+    table = parser.table
+    # After scenario, N, ops and success: a value column and a change column per metric.
+    change_cols = [i for i, h in enumerate(table.headers) if h == "change"]
+    assert len(change_cols) == len(METRICS), table.headers
+    bad: set[tuple[int, str]] = set()
+    changes: dict[tuple[int, str], float] = {}
+    for row in table.rows:
+        n = int(row[1][1])
+        for col, metric in zip(change_cols, METRICS, strict=True):
+            cls, text = row[col]
+            changes[(n, metric)] = float(text.replace("%", "").replace("+", "").strip()) / 100
+            if "bad" in cls.split():
+                bad.add((n, metric))
+    return bad, changes
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +116,8 @@ def test_small_change_and_improvement_are_not_flagged(
 ) -> None:
     noise = compare_runs(runs["base"], runs["noise"], tmp_path / "noise")
     assert noise.ok and noise.regressions == []
+    bad, changes = flagged_cells(noise.html_path.read_text())
+    assert bad == set() and set(changes) == {(n, m) for n in RunSpec().ns for m in METRICS}
     assert all(row.change["p50"] == pytest.approx(0.05, abs=0.01) for row in noise.rows)
     assert "no regression beyond 10%" in noise.text
     better = compare_runs(runs["base"], runs["faster"], tmp_path / "faster")
@@ -61,7 +135,13 @@ def test_outputs_written(runs: dict[str, Path], tmp_path: Path) -> None:
     assert (tmp_path / "out" / "compare.txt").read_text() == result.text
     html = result.html_path.read_text()
     assert "run-base" in html and "run-slower" in html
-    assert html.count('<td class="num bad">') == 9  # p50, p95 and throughput at 3 N
+    # Every latency went up 100 % and throughput halved: every compared cell regressed, at
+    # every N of the sweep, and every one of them (no other) is marked in the page.
+    bad, changes = flagged_cells(html)
+    assert bad == {(n, m) for n in RunSpec().ns for m in METRICS}
+    assert bad == {(r.n_guests, r.metric) for r in result.regressions}
+    for (_n, metric), change in changes.items():
+        assert (change > 0.10) if METRICS[metric] else (change < -0.10), (metric, change)
     assert not re.search(r"""(?:src|href)\s*=\s*["']?(?:https?:)?//""", html)
     for src in re.findall(r'<img src="([^"]+)"', html):
         assert src.startswith("data:image/png;base64,")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from expected import plots_called_for
 from synthruns import RUN_ID, RunSpec
 
 from harness.errors import UserError
@@ -46,6 +47,8 @@ class ReportParser(HTMLParser):
         super().__init__()
         self.sections: list[str] = []
         self.images: list[str] = []
+        self.figures: dict[str, str] = {}  # figure id → the src of its img
+        self._figure: str | None = None
         self.links: list[str] = []
         self.tables: list[Table] = []
         self._section_stack: list[str] = []
@@ -58,8 +61,12 @@ class ReportParser(HTMLParser):
         if tag == "section":
             self._section_stack.append(a.get("id") or "")
             self.sections.append(a.get("id") or "")
+        elif tag == "figure":
+            self._figure = a.get("id") or ""
         elif tag == "img":
             self.images.append(a.get("src") or "")
+            if self._figure is not None:
+                self.figures[self._figure] = a.get("src") or ""
         elif tag == "a":
             self.links.append(a.get("href") or "")
         elif tag == "table":
@@ -74,6 +81,8 @@ class ReportParser(HTMLParser):
     def handle_endtag(self, tag: str) -> None:
         if tag == "section":
             self._section_stack.pop()
+        elif tag == "figure":
+            self._figure = None
         elif tag == "thead":
             self._in_head = False
         elif tag in ("td", "th") and self._cell is not None and self._row is not None:
@@ -110,6 +119,19 @@ def tables_in(parser: ReportParser, section: str) -> list[Table]:
     return [t for t in parser.tables if t.section == section]
 
 
+def column(table: Table, header: str) -> list[str]:
+    """A column's cells by its header (not its position: columns get added)."""
+    assert header in table.headers, (header, table.headers)
+    i = table.headers.index(header)
+    return [row[i] for row in table.rows]
+
+
+def plot_names(parser: ReportParser) -> set[str]:
+    """The plots the page shows, by name (``<figure id="plot-NAME">``)."""
+    assert all(f.startswith("plot-") for f in parser.figures), parser.figures
+    return {f.removeprefix("plot-") for f in parser.figures}
+
+
 def test_sections_present(rendered: Path) -> None:
     _, p = parse(rendered)
     for section in SECTIONS:
@@ -119,12 +141,21 @@ def test_sections_present(rendered: Path) -> None:
 
 def test_images_are_embedded_valid_pngs(rendered: Path) -> None:
     _, p = parse(rendered)
-    # scaling, distribution, timeline for the one scenario; 3 bring-ups; metrics.
-    assert len(p.images) == 7
-    for src in p.images:
+    wanted = plots_called_for(rendered.parent)
+    # The synthetic run calls for every kind of plot, so every kind is checked here.
+    for kind in ("-scaling", "-distribution", "-timeline"):
+        assert any(n.endswith(kind) for n in wanted), (kind, wanted)
+    assert any(n.startswith("gantt-") for n in wanted) and "metrics" in wanted
+    # One figure per plot the data calls for: none missing, none extra, none twice.
+    assert plot_names(p) == wanted
+    assert len(p.images) == len(p.figures)
+    for name in wanted:
+        src = p.figures[f"plot-{name}"]
         assert src.startswith("data:image/png;base64,")
-        width, height = png_size(base64.b64decode(src.split(",", 1)[1], validate=True))
+        data = base64.b64decode(src.split(",", 1)[1], validate=True)
+        width, height = png_size(data)
         assert width > 300 and height > 200
+        assert data == (rendered.parent / "plots" / f"{name}.png").read_bytes()
 
 
 def test_nothing_is_fetched_from_a_network(rendered: Path) -> None:
@@ -138,7 +169,8 @@ def test_every_link_exists_on_disk(rendered: Path) -> None:
     _, p = parse(rendered)
     files = [h for h in p.links if not h.startswith("#")]
     assert {"timings.parquet", "metrics.parquet", "run.json"} <= set(files)
-    assert sum(h.endswith(".svg") for h in files) == 7
+    svgs = {h for h in files if h.endswith(".svg")}
+    assert svgs == {f"plots/{n}.svg" for n in plots_called_for(rendered.parent)}
     for href in files:
         assert (rendered.parent / href).is_file(), href
     anchors = {h[1:] for h in p.links if h.startswith("#")}
@@ -149,8 +181,10 @@ def test_scenario_table_has_one_row_per_n(rendered: Path) -> None:
     _, p = parse(rendered)
     (stats,) = tables_in(p, "scenarios")
     assert stats.headers[:5] == ["N", "ops", "failed", "success", "p50"]
-    assert [row[0] for row in stats.rows] == ["2", "4", "8"]
-    assert [row[1] for row in stats.rows] == ["24", "48", "96"]  # N × 12 ops per guest
+    spec = RunSpec()
+    assert [row[0] for row in stats.rows] == [str(n) for n in spec.ns]
+    # Every op the run recorded is counted: N guests × the ops each one ran.
+    assert [row[1] for row in stats.rows] == [str(n * spec.ops_per_guest) for n in spec.ns]
     for row in stats.rows:
         assert row[4].endswith("ms")  # p50 of ~10–30 ms roundtrips
 
@@ -158,7 +192,7 @@ def test_scenario_table_has_one_row_per_n(rendered: Path) -> None:
 def test_bringup_lost_faults_failures(rendered: Path) -> None:
     html, p = parse(rendered)
     (bringup,) = tables_in(p, "bringup")
-    assert [row[1] for row in bringup.rows] == ["2", "4", "8"]
+    assert column(bringup, "N") == [str(n) for n in RunSpec().ns]
     (lost,) = tables_in(p, "lost")
     assert len(lost.rows) == 1 and lost.rows[0][0] == "g001"
     assert "(UTC−06:00)" in lost.rows[0][3]  # the loss time in the report zone
@@ -193,7 +227,8 @@ def test_environment_from_run_json(rendered: Path) -> None:
 def test_svg_and_png_files_written(rendered: Path) -> None:
     plots = rendered.parent / "plots"
     svgs, pngs = sorted(plots.glob("*.svg")), sorted(plots.glob("*.png"))
-    assert len(svgs) == len(pngs) == 7
+    wanted = plots_called_for(rendered.parent)
+    assert {p.stem for p in svgs} == {p.stem for p in pngs} == wanted
     for svg in svgs:
         assert svg.read_text().lstrip().startswith("<?xml")
 
@@ -218,7 +253,8 @@ def test_rebuild_from_streams_only(synth_run: Callable[..., Path], tmp_path: Pat
     html, p = parse(index)
     assert "rebuilt timings.parquet, metrics.parquet" in html
     (stats,) = tables_in(p, "scenarios")
-    assert [row[1] for row in stats.rows] == ["24", "48", "96"]
+    spec = RunSpec()
+    assert [row[1] for row in stats.rows] == [str(n * spec.ops_per_guest) for n in spec.ns]
     assert pd.read_parquet(run_dir / "timings.parquet")["phase"].notna().all()
 
 
@@ -259,7 +295,10 @@ def test_missing_run_json_is_tolerated(synth_run: Callable[..., Path], tmp_path:
     html, p = parse(render_report(run_dir, tz="UTC"))
     assert "run.json is missing" in html
     # One N: no scaling curve to draw; distribution, timeline and the bring-up remain.
-    assert len(p.images) == 3 and "one N only (2)" in html
+    wanted = plots_called_for(run_dir)
+    assert plot_names(p) == wanted and len(p.images) == len(wanted)
+    assert not [n for n in wanted if n.endswith("-scaling")]
+    assert "one N only (2)" in html
     (summary,) = tables_in(p, "summary")
     assert {r[0]: r[1] for r in summary.rows}["run"] == RUN_ID
 
@@ -304,7 +343,9 @@ def test_bringup_only_run_with_failures(tmp_path: Path) -> None:
     assert "failure-banner" in p.sections
     assert "Error reading SSH protocol banner" in html
     (bringup,) = tables_in(p, "bringup")
-    assert bringup.rows[0][3] == "1"  # one guest failed to come up
-    assert len(p.images) == 1  # the bring-up timeline
+    assert column(bringup, "failed") == ["1"]  # one guest failed to come up
+    # No workload: the bring-up timeline is the only plot the data calls for.
+    assert plot_names(p) == plots_called_for(tmp_path) == {"gantt-test_rt-n3"}
+    assert len(p.images) == 1
     (summary,) = tables_in(p, "summary")
     assert {r[0]: r[1] for r in summary.rows}["success rate"] == "no workload"
