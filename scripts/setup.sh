@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBS=(debootstrap e2fsprogs iproute2 util-linux openssh-client nftables
+# procps: pgrep, which the tests' leak check (tests/leaks.py) needs; bc: bench/floor.sh.
+DEBS=(debootstrap e2fsprogs iproute2 util-linux procps bc openssh-client nftables
       qemu-system-x86 qemu-utils chromium python3 python3-venv git ca-certificates)
 missing=()
 for p in "${DEBS[@]}"; do

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,12 +29,39 @@ class Snapshot:
         return out
 
 
-def _lines(argv: list[str]) -> frozenset[str]:
-    res = subprocess.run(argv, capture_output=True, text=True, check=False)
+#: The commands a snapshot runs, and the Debian package that has each.
+TOOLS = {"ip": "iproute2", "losetup": "util-linux", "pgrep": "procps"}
+
+
+class LeakCheckBroken(AssertionError):
+    """The leak check could not look: a tool is missing or failed.  Never an empty answer,
+    which would make every "nothing left behind" assertion pass without checking."""
+
+
+def require_tools() -> None:
+    missing = [f"{tool} (Debian package {pkg})" for tool, pkg in TOOLS.items()
+               if shutil.which(tool) is None]
+    if missing:
+        raise LeakCheckBroken("the leak check needs " + ", ".join(missing)
+                              + ": run scripts/setup.sh or apt-get install them")
+
+
+def _lines(argv: list[str], ok: tuple[int, ...] = (0,)) -> frozenset[str]:
+    """Lines of a command's output; a command that fails (exit status not in ``ok``)
+    is an error, not an empty set."""
+    try:
+        res = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
+    except FileNotFoundError:
+        require_tools()
+        raise
+    if res.returncode not in ok:
+        raise LeakCheckBroken(f"leak check: {' '.join(argv)} exited {res.returncode}: "
+                              f"{res.stderr.strip()[-300:]}")
     return frozenset(ln.strip() for ln in res.stdout.splitlines() if ln.strip())
 
 
 def snapshot() -> Snapshot:
+    require_tools()
     with open("/proc/self/mountinfo") as f:
         mounts = frozenset(ln.split()[4] for ln in f)
     cg = Path("/sys/fs/cgroup")
@@ -46,7 +74,8 @@ def snapshot() -> Snapshot:
         links=frozenset(p.name for p in Path("/sys/class/net").iterdir()),
         mounts=mounts,
         loops=_lines(["losetup", "-a"]),
-        procs=_lines(["pgrep", "-f", "sshd -D -e -f /etc/scalelab"]),
+        # pgrep exits 1 when nothing matches: that is an answer (no guest sshd), not a failure.
+        procs=_lines(["pgrep", "-f", "sshd -D -e -f /etc/scalelab"], ok=(0, 1)),
         cgroups=cgroups,
         states=frozenset(p.name for p in states.iterdir()) if states.is_dir() else frozenset(),
     )
