@@ -50,6 +50,7 @@ BENCHES = (
     Bench("fanout", "bench_fanout.py", (), ("--repeat", "3")),
     Bench("report", "bench_report.py", (), ("--repeat", "1"),
           "Report rendering: 1,000,000 timing rows"),
+    Bench("dom0", "bench_dom0_connect.py", (), ("--timeouts", "1,2", "--repeat", "3")),
 )
 
 
