@@ -46,14 +46,15 @@ def _parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="bring a lab up and leave it running")
     _add_lab_options(up)
 
-    down = sub.add_parser("down", help="take down a lab left up (default: the newest)")
-    down.add_argument("run", nargs="?", help="run id or run directory")
+    down = sub.add_parser("down", help="take down a run left up, all its labs "
+                          "(default: the newest kept run)")
+    down.add_argument("run", nargs="?", help="run id, one of its labs' ids, or run directory")
 
     cl = sub.add_parser("clean", help="remove what dead runs left behind")
-    cl.add_argument("--all", action="store_true", help="also labs kept up and live runs")
-    cl.add_argument("run", nargs="?", help="only this run id")
+    cl.add_argument("--all", action="store_true", help="also runs kept up and live runs")
+    cl.add_argument("run", nargs="?", help="only this run (id or directory)")
 
-    sub.add_parser("ls", help="labs known on this host")
+    sub.add_parser("ls", help="runs known on this host, each with its labs")
 
     rep = sub.add_parser("report", help="(re)render a run's report")
     rep.add_argument("run_dir")
@@ -175,61 +176,65 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
-    from harness.state import list_states
+    from harness.runs import find_run, newest_kept_run
 
-    states = list_states()
     if args.run:
-        want = Path(args.run).name
-        states = [s for s in states if s.run_id == want]
-        if not states:
-            raise UserError(f"no lab {args.run!r} is up on this host (see `scalelab ls`)")
+        run = find_run(args.run)
+        if run.owner_alive and not run.kept:
+            pids = sorted({str(lab.state.header.get("pid")) for lab in run.labs
+                           if lab.state.owner_alive})
+            raise UserError(f"run {run.run_id} belongs to a running process (pid "
+                            f"{', '.join(pids)}): stop it, it takes its labs down itself")
     else:
-        states = [s for s in states if s.kept or not s.owner_alive]
-        if not states:
-            print("no lab is up")
+        found = newest_kept_run()
+        if found is None:
+            print("no run is kept up (`scalelab ls` lists what is here; `scalelab clean` "
+                  "removes what dead runs left)")
             return 0
-        states = states[-1:]
-    state = states[0]
-    if state.owner_alive and not state.kept and not args.run:
-        raise UserError(f"lab {state.run_id} belongs to a running process; use its run id")
-    problems = state.remove_all()
+        run = found
+    problems = run.take_down()
     for p in problems:
         print(f"problem: {p}", file=sys.stderr)
-    print(f"lab {state.run_id} is down" + (" (with problems)" if problems else ""))
+    labs = ", ".join(lab.name for lab in run.labs if not lab.is_shard)
+    print(f"run {run.run_id} is down ({len(run.labs)} lab journal(s): {labs})"
+          + (" with problems" if problems else ""))
     return 1 if problems else 0
 
 
 def _clean(args: argparse.Namespace) -> int:
-    from harness.state import list_states
+    from harness.runs import find_run, list_runs
 
-    states = list_states()
-    if args.run:
-        states = [s for s in states if s.run_id == Path(args.run).name]
+    runs = [find_run(args.run)] if args.run else list_runs()
     cleaned = 0
     failed = 0
-    for s in states:
-        if not args.all and not args.run and (s.owner_alive or s.kept):
+    for run in runs:
+        if not args.all and not args.run and (run.owner_alive or run.kept):
             continue
-        problems = s.remove_all()
+        resources = sum(len(lab.state.resources) for lab in run.labs)
+        problems = run.take_down()
         cleaned += 1
         status = "removed" if not problems else "left problems: " + "; ".join(problems)
-        print(f"{s.run_id}: {len(s.resources)} resources {status}")
+        print(f"{run.run_id}: {resources} resources of {len(run.labs)} lab(s) {status}")
         failed += bool(problems)
     print(f"{cleaned} run(s) cleaned" if cleaned else "nothing to clean")
     return 1 if failed else 0
 
 
 def _ls(args: argparse.Namespace) -> int:
-    from harness.state import list_states
+    from harness.runs import list_runs
 
-    states = list_states()
-    if not states:
+    runs = list_runs()
+    if not runs:
         print("no labs on this host")
         return 0
-    for s in states:
-        status = "kept up" if s.kept else ("running" if s.owner_alive else "dead (leftovers)")
-        print(f"{s.run_id}  {s.header.get('backend', '?'):<6} {status:<17}"
-              f"{s.header.get('run_dir', '')}")
+    for run in runs:
+        backend = run.labs[0].state.header.get("backend", "?")
+        print(f"{run.run_id}  {backend:<7} {run.status:<17}{run.run_dir}")
+        for lab in run.labs:
+            names = lab.guest_names()
+            span = f"{names[0]} … {names[-1]}" if len(names) > 1 else "".join(names)
+            where = f" on {lab.state.header['lab_host']}" if lab.is_shard else ""
+            print(f"    {lab.name:<16} {len(names):>5} guests  {span}{where}")
     return 0
 
 

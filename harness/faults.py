@@ -205,9 +205,9 @@ def cli_fault(args: Any) -> int:
     """``scalelab fault ACTION GUEST...`` against a lab left up (netns backend)."""
     from harness.backends.netns import attach
 
-    backend, recorder = attach(args.run)
-    nem = Nemesis(backend, recorder)
     names = list(args.guests)
+    backend, recorder = attach(args.run, names)
+    nem = Nemesis(backend, recorder)
     if args.action != "heal" and not names:
         raise UserError(f"scalelab fault {args.action}: name at least one guest")
     if args.action == "kill":

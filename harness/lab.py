@@ -48,6 +48,15 @@ from harness.store import Recorder
 #: (total, started, ready, failed) → None; drawn as one line by the plugin and the CLI.
 ProgressFn = Callable[[int, int, int, int], None]
 
+#: The lab of the run's default image. Its guests are g000…; any other lab's are
+#: <lab>-g000…, so that no two guests of one run share a name.
+DEFAULT_LAB = "default"
+
+
+def name_label(lab: str) -> str:
+    """What a lab's guest names start with: nothing for the default lab, ``<lab>-`` else."""
+    return "" if lab == DEFAULT_LAB else f"{lab}-"
+
 
 def ensure_image(config: LabConfig, progress: Callable[[str], None] | None = None,
                  vm: bool = False) -> cache.Image:
@@ -100,15 +109,23 @@ class Lab:
         *,
         progress: ProgressFn | None = None,
         image: cache.Image | None = None,
-        name_prefix: str = "g",
+        name: str = DEFAULT_LAB,
+        run: str | None = None,
+        report_dir: Path | None = None,
+        name_prefix: str | None = None,
     ) -> None:
+        """``run_id``/``run_dir`` are the lab's own; ``run``/``report_dir`` the run it belongs
+        to (by default the same: a run of one lab)."""
         self.config = config
         self.run_id = run_id
         self.run_dir = run_dir
+        self.name = name
+        self.run = run or run_id
+        self.report_dir = report_dir or run_dir
         self.recorder = recorder
         self.progress = progress or (lambda total, s, r, f: None)
         self.image = image
-        self.name_prefix = name_prefix
+        self.name_prefix = name_label(name) + "g" if name_prefix is None else name_prefix
         url = parse_backend(config.backend)
         self.backend: Backend = load_backend(url)
         self.state: RunState | None = None
@@ -116,10 +133,13 @@ class Lab:
         self.fleet: Fleet | None = None
         self.failures: dict[str, GuestError] = {}
         self.subnet: str | None = None
+        #: The client key that logs in to this lab's guests (in its state directory).
+        self.key_path: Path | None = None
         self.bringup_seconds: float | None = None
         self._stats = BringUpStats()
         self._total = 0
         self._stopped = False
+        self._kept = False
 
     # -- bring-up ------------------------------------------------------------------------
 
@@ -151,10 +171,7 @@ class Lab:
         self.backend.check(image, n)
         subnet = choose_subnet(cfg.subnet, n)
         self.subnet = str(subnet)
-        self.state = RunState.create(
-            self.run_id, backend=self.backend.name, run_dir=str(self.run_dir.resolve()),
-            kept=False,
-        )
+        self.state = RunState.create(self.run_id, kept=False, **self.journal_header())
         client_key = KeyPair.generate(f"scalelab-{self.run_id}")
         # The private key lives with the run's state (mode 0600), never in the report.
         key_path = write_client_key(self.state.dir, client_key)
@@ -163,6 +180,7 @@ class Lab:
             memory=cfg.guest_memory, cpus=cfg.guest_cpus,
         )
         preflight(specs)
+        self.recorder.store.guest_labs.update((s.name, self.name) for s in specs)
         ctx = RunContext(
             run_id=self.run_id,
             state=self.state,
@@ -189,10 +207,20 @@ class Lab:
         self._record_footprint()
         return guests
 
+    def journal_header(self) -> dict[str, Any]:
+        """What the lab's state journal says of it: which run and lab, and where they write."""
+        return {
+            "backend": self.backend.name, "run": self.run, "lab": self.name,
+            "lab_dir": str(self.run_dir.resolve()), "run_dir": str(self.report_dir.resolve()),
+        }
+
     def _write_inventory(self, guests: list[Guest]) -> None:
         """``guests.json``: who is in the lab, for people and for ``scalelab fault``."""
         inventory = {
             "run_id": self.run_id,
+            "run": self.run,
+            "lab": self.name,
+            "name_prefix": self.name_prefix,
             "backend": self.backend.name,
             "backend_options": self.backend.options,
             "subnet": self.subnet,
@@ -220,7 +248,8 @@ class Lab:
             for g in guests:
                 g.lab_host = lab_host or g.lab_host
             self.guests = guests
-            write_exports(self.run_dir, guests, key_path)
+            self.key_path = key_path
+            write_exports(self.run_dir, [(guests, key_path)])
             self._write_inventory(guests)
             for g in guests:
                 waiter.submit(g)  # those the backend did not announce
@@ -258,11 +287,18 @@ class Lab:
         if self.state is not None:
             self.state.update_header(kept=True)
         self._stopped = True
+        self._kept = True
         if self.fleet is not None:
             self.fleet.close()
 
+    @property
+    def up(self) -> bool:
+        """Its guests are running: brought up and not taken down (a kept lab stays up)."""
+        return bool(self.guests) and (self._kept or not self._stopped)
+
     def describe(self) -> dict[str, Any]:
         return {
+            "lab": self.name,
             "backend": self.backend.describe(),
             "image": self.image.info() if self.image else None,
             "subnet": self.subnet,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
-import sys
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from harness.backends.base import Guest
 from harness.config import OPTIONS, LabConfig, build_config
 from harness.errors import LabError, UserError
 from harness.faults import Nemesis
-from harness.lab import Lab, ensure_image, preflight_lab
+from harness.lab import DEFAULT_LAB, Lab, ensure_image, preflight_lab
 from harness.session import Session
 from harness.ssh import Fleet
 from harness.store import Recorder
@@ -30,6 +29,7 @@ from harness.workloads import Agents
 _CONFIG_KEY = pytest.StashKey[LabConfig]()
 _SESSION_KEY = pytest.StashKey["Session"]()
 _OUTCOME_KEY = pytest.StashKey[dict[str, int]]()
+_TESTS_KEY = pytest.StashKey[list[dict[str, Any]]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -58,6 +58,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"scalelab: {err}") from None
     config.stash[_CONFIG_KEY] = lab_config
     config.stash[_OUTCOME_KEY] = {"passed": 0, "failed": 0, "skipped": 0, "error": 0}
+    config.stash[_TESTS_KEY] = []
 
 
 def _under_xdist(config: pytest.Config) -> bool:
@@ -81,13 +82,30 @@ def pytest_runtest_makereport(
     counts = item.config.stash.get(_OUTCOME_KEY, None)
     if counts is None:
         return report
+    outcome: str | None = None
     if report.when == "call":
-        counts[report.outcome] = counts.get(report.outcome, 0) + 1
+        outcome = report.outcome
     elif report.failed:
-        counts["error"] += 1
+        outcome = "error"
     elif report.skipped and report.when == "setup":
-        counts["skipped"] += 1
+        outcome = "skipped"
+    if outcome is not None:
+        counts[outcome] = counts.get(outcome, 0) + 1
+        item.config.stash[_TESTS_KEY].append(_test_record(item, report, outcome))
     return report
+
+
+def _test_record(item: pytest.Item, report: pytest.TestReport, outcome: str) -> dict[str, Any]:
+    """One test's outcome for run.json and the report: a skip or failure says why."""
+    reason = ""
+    if report.skipped and isinstance(report.longrepr, tuple):
+        reason = str(report.longrepr[2]).removeprefix("Skipped: ")
+    elif report.failed:
+        reason = report.longreprtext.strip().splitlines()[-1][:300] if report.longreprtext else ""
+    callspec = getattr(item, "callspec", None)
+    n = callspec.params.get("n_guests") if callspec is not None else None
+    return {"test": item.name, "nodeid": item.nodeid, "n_guests": n, "outcome": outcome,
+            "when": report.when, "duration_s": round(report.duration, 3), "reason": reason}
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -95,11 +113,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if s is None:
         return
     counts: dict[str, int] = session.config.stash[_OUTCOME_KEY]
-    problems = s.finish(outcome=dict(counts))
+    problems = s.finish(outcome=dict(counts), tests=session.config.stash[_TESTS_KEY])
     tr = session.config.pluginmanager.get_plugin("terminalreporter")
     if tr is not None:
         for p in problems:
             tr.write_line(f"scalelab: {p}", red=True)
+        kept = [lab for lab in s.labs if lab.up]
+        if kept:
+            shown = ", ".join(f"{lab.name} ({lab.guests[0].name}…)" for lab in kept)
+            tr.write_line(f"scalelab: run {s.run_id} kept up with {len(kept)} lab(s): {shown}; "
+                          f"ssh -F {s.run_dir}/ssh_config <guest>; take it all down with "
+                          f"`scalelab down {s.run_id}`")
         tr.write_line(f"scalelab: report in {s.run_dir}/index.html")
 
 
@@ -187,14 +211,11 @@ def _lab_pool(scalelab_session: Session, lab_config: LabConfig) -> Iterator[dict
     try:
         yield pool
     finally:
-        for the_lab in pool.values():
-            if lab_config.keep_guests:
+        if lab_config.keep_guests and pool:
+            for the_lab in pool.values():
                 the_lab.keep()
-                sys.stderr.write(
-                    f"\nscalelab: lab kept up; ssh -F {the_lab.run_dir}/ssh_config "
-                    f"{the_lab.guests[0].name}; take it down with `scalelab down`\n"
-                )
-            else:
+        else:
+            for the_lab in pool.values():
                 the_lab.stop()
 
 
@@ -208,12 +229,20 @@ def _recipe_of(request: pytest.FixtureRequest) -> Path | None:
     return path.resolve()
 
 
+def _recipe_lab_name(recipe: Path, image_recipe: str) -> str:
+    """A recipe lab is named after its recipe (its ``name``, else the file's stem)."""
+    wanted = image_recipe if image_recipe != DEFAULT_LAB else recipe.stem
+    clean = "".join(c if c.isalnum() else "-" for c in wanted.lower()).strip("-")
+    return clean or "recipe"
+
+
 @pytest.fixture
 def lab(request: pytest.FixtureRequest, _lab_pool: dict[str, Lab],
         scalelab_session: Session, lab_config: LabConfig) -> Lab:
     """The guests of this run, brought up once (for the largest N of a sweep) and taken
     down at the end of the session, whatever happened.  A scenario marked
-    ``@pytest.mark.recipe("file.toml")`` gets a lab of that recipe's image instead."""
+    ``@pytest.mark.recipe("file.toml")`` gets a lab of that recipe's image instead, named
+    after the recipe (its guests ``<recipe>-g000``…)."""
     recipe = _recipe_of(request)
     key = str(recipe) if recipe else ""
     if key not in _lab_pool:
@@ -226,7 +255,8 @@ def lab(request: pytest.FixtureRequest, _lab_pool: dict[str, Lab],
                     vm=parse_backend(lab_config.backend).scheme in ("qemu", "xen"),
                 )
                 the_lab = scalelab_session.lab_up(
-                    lab_config.max_guests, sub=f"recipe-{image.key}", image=image
+                    lab_config.max_guests, image=image,
+                    name=_recipe_lab_name(recipe, str(image.info()["recipe"])),
                 )
         except UserError as err:
             pytest.exit(f"scalelab: {err}", returncode=pytest.ExitCode.USAGE_ERROR)
@@ -259,21 +289,28 @@ def fleet(lab: Lab, guests: list[Guest]) -> Fleet:
 @pytest.fixture
 def recorder(scalelab_session: Session, request: pytest.FixtureRequest,
              n_guests: int) -> Recorder:
-    """Timing and metric rows of this test, tagged with its name and N."""
-    return scalelab_session.recorder(request.node.name, n_guests)
+    """Timing and metric rows of this test, tagged with its name, N and (when the test uses
+    one) its lab; a row about a guest always carries that guest's lab."""
+    lab_name = ""
+    if "lab" in request.fixturenames:
+        lab_name = request.getfixturevalue("lab").name
+    return scalelab_session.recorder(request.node.name, n_guests, lab_name)
 
 
 @pytest.fixture
 def lab_factory(
     scalelab_session: Session, request: pytest.FixtureRequest
 ) -> Iterator[Callable[[int], Lab]]:
-    """Bring up fresh side labs inside the test (a boot storm per N); all taken down after."""
+    """Bring up fresh side labs inside the test (a boot storm per N); all taken down after.
+
+    Each is a lab of its own in the run, named ``name`` (``side`` unless given) and a number
+    (``side1``, ``side2``…), its guests ``side1-g000``…"""
     made: list[Lab] = []
 
-    def make(n: int, min_ready: float = 1.0) -> Lab:
-        sub = f"{len(scalelab_session.labs)}"
+    def make(n: int, min_ready: float = 1.0, name: str = "side") -> Lab:
         lab = scalelab_session.lab_up(
-            n, scenario=request.node.name, sub=sub, min_ready=min_ready
+            n, scenario=request.node.name, min_ready=min_ready,
+            name=scalelab_session.lab_name(f"{name}{len(scalelab_session.labs) + 1}"),
         )
         made.append(lab)
         return lab
@@ -283,12 +320,21 @@ def lab_factory(
     finally:
         for lab in made:
             lab.stop()
+        if made:
+            scalelab_session.write_exports()  # the run's files name only labs still up
 
 
 @pytest.fixture
-def agents(fleet: Fleet, recorder: Recorder, scalelab_session: Session) -> Agents:
-    """Deploy and run agents on this test's guests; output lands in the timing store."""
-    return Agents(fleet, recorder, log_dir=scalelab_session.run_dir / "guests")
+def agents(fleet: Fleet, recorder: Recorder, scalelab_session: Session) -> Iterator[Agents]:
+    """Deploy and run agents on this test's guests; output lands in the timing store.
+
+    Servers the test started (``agents.serve``) are stopped when it ends, passed or failed,
+    so the next test (the next N of a sweep) finds the lab as it was."""
+    the_agents = Agents(fleet, recorder, log_dir=scalelab_session.run_dir / "guests")
+    try:
+        yield the_agents
+    finally:
+        the_agents.close()
 
 
 @pytest.fixture

@@ -30,8 +30,10 @@ def check_quorum(groups: GroupResult | Iterable[GroupResult], fraction: float) -
             classes = Counter(failed.values())
             shown = ", ".join(f"{c}: {n}" for c, n in classes.most_common())
             some = ", ".join(sorted(failed)[:5])
+            first = sorted(failed)[0]
             raise QuorumNotMet(
                 f"{len(g) - len(failed)}/{len(g)} guests succeeded ({rate:.0%}), "
-                f"quorum is {fraction:.0%}; failures by class: {shown}; e.g. {some}"
+                f"quorum is {fraction:.0%}; failures by class: {shown}; e.g. {some}; "
+                f"{first}: {g.reason(first)}"
             )
     return worst

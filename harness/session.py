@@ -13,7 +13,7 @@ from typing import Any
 
 from harness.config import LabConfig
 from harness.image.cache import Image
-from harness.lab import Lab, ProgressFn
+from harness.lab import DEFAULT_LAB, Lab, ProgressFn
 from harness.runinfo import (
     base_info,
     make_run_dir,
@@ -22,6 +22,7 @@ from harness.runinfo import (
     utc_now_iso,
     write_run_json,
 )
+from harness.ssh import write_exports
 from harness.state import list_states
 from harness.store import Context, Recorder, Store
 
@@ -60,14 +61,30 @@ class Session:
                 "remove them with `scalelab clean`"
             )
 
-    def recorder(self, scenario: str = "", n_guests: int = 0) -> Recorder:
-        return self.store.scoped(scenario=scenario, n_guests=n_guests)
+    def recorder(self, scenario: str = "", n_guests: int = 0, lab: str = "") -> Recorder:
+        return self.store.scoped(scenario=scenario, n_guests=n_guests, lab=lab)
 
-    def lab_up(self, n: int, *, scenario: str = "bringup", sub: str | None = None,
+    def lab_name(self, wanted: str) -> str:
+        """``wanted``, or ``wanted-2``, ``-3``… if the run already has a lab of that name."""
+        taken = {lab.name for lab in self.labs}
+        name, k = wanted, 1
+        while name in taken:
+            k += 1
+            name = f"{wanted}-{k}"
+        return name
+
+    def lab_up(self, n: int, *, scenario: str = "bringup", name: str = DEFAULT_LAB,
                min_ready: float = 1.0, image: Image | None = None) -> Lab:
-        """Bring up a lab of ``n`` guests inside this run (``sub`` names a side lab)."""
-        run_id = self.run_id if sub is None else f"{self.run_id}-{sub}"
-        lab_dir = self.run_dir if sub is None else self.run_dir / "labs" / sub
+        """Bring up a lab of ``n`` guests inside this run.
+
+        The default lab is the run's own (its files are the run directory's); any other
+        ``name`` is a further lab with its directory under ``labs/`` and guests named
+        ``<name>-g000``…, made unique in the run by :meth:`lab_name`.
+        """
+        main = name == DEFAULT_LAB and all(lab.name != DEFAULT_LAB for lab in self.labs)
+        name = name if main else self.lab_name(name)
+        run_id = self.run_id if main else f"{self.run_id}-{name}"
+        lab_dir = self.run_dir if main else self.run_dir / "labs" / name
         lab_dir.mkdir(parents=True, exist_ok=True)
         lab_class: type[Lab] = Lab
         if self.config.cluster:
@@ -76,20 +93,37 @@ class Session:
 
             lab_class = ClusterLab
         lab = lab_class(
-            self.config, run_id, lab_dir, self.recorder(scenario, n), progress=self.progress,
-            image=image or self.image,
+            self.config, run_id, lab_dir, self.recorder(scenario, n, name),
+            progress=self.progress, image=image or self.image, name=name, run=self.run_id,
+            report_dir=self.run_dir,
         )
         self.labs.append(lab)
         lab.start(n, min_ready=min_ready)
         if image is None:
             self.image = lab.image
-        if sub is None:
+        if main:
             self.info.update(lab.describe())
-            write_run_json(self.run_dir, self.info)
+        self.info["labs"] = {lab.name: lab.describe() for lab in self.labs if lab.guests}
+        write_run_json(self.run_dir, self.info)
+        self.write_exports()
         return lab
 
-    def finish(self, *, render: bool = True, outcome: dict[str, int] | None = None) -> list[str]:
-        """Take down labs not kept, write Parquet, run.json and the report. Never raises."""
+    def write_exports(self) -> None:
+        """The run's ``ssh_config``/``known_hosts``: every guest of every lab that is up.
+
+        Called when a lab comes up and when side labs go down during the run; the labs taken
+        down at the end of the run stay listed (the files say who was in the run)."""
+        labs = [(lab.guests, lab.key_path) for lab in self.labs
+                if lab.up and lab.key_path is not None]
+        if labs:
+            write_exports(self.run_dir, labs)
+
+    def finish(self, *, render: bool = True, outcome: dict[str, int] | None = None,
+               tests: list[dict[str, Any]] | None = None) -> list[str]:
+        """Take down labs not kept, write Parquet, run.json and the report. Never raises.
+
+        ``tests`` are the outcomes of the run's tests (a skip or failure with its reason),
+        kept in run.json for the report."""
         problems: list[str] = []
         for lab in reversed(self.labs):
             problems += lab.stop()
@@ -99,6 +133,8 @@ class Session:
         self.info["ended_utc"] = utc_now_iso()
         if outcome:
             self.info["outcome"] = outcome
+        if tests is not None:
+            self.info["tests"] = tests
         if problems:
             self.info["teardown_problems"] = problems
         try:

@@ -102,20 +102,24 @@ def known_hosts_lines(guests: Iterable[Guest]) -> list[str]:
     return lines
 
 
-def write_exports(run_dir: Path, guests: Sequence[Guest], key_path: Path) -> tuple[Path, Path]:
+def write_exports(run_dir: Path, labs: Sequence[tuple[Sequence[Guest], Path]]
+                  ) -> tuple[Path, Path]:
     """``known_hosts`` and ``ssh_config`` so a person can ``ssh -F <run>/ssh_config g000``.
 
-    A guest behind a jump host (xen's remote dom0, a cluster's other lab host) is reached
-    with ``ProxyJump``; the person logs in to the jump host with its ``identity_file`` or
-    else their own keys, checking its key against the run's file and their own.
+    ``labs`` holds each lab's guests with the client key that logs in to them: a run's
+    files cover all its labs, each guest with its own lab's key.  A guest behind a jump host
+    (xen's remote dom0, a cluster's other lab host) is reached with ``ProxyJump``; the person
+    logs in to the jump host with its ``identity_file`` or else their own keys, checking its
+    key against the run's file and their own.
     """
     known = run_dir / "known_hosts"
+    guests = [g for lab_guests, _ in labs for g in lab_guests]
     jumps = sorted({g.jump for g in guests if g.jump is not None}, key=lambda j: (j.host, j.port))
     lines = known_hosts_lines(guests) + [j.known_hosts_line for j in jumps if j.known_hosts_line]
     known.write_text("\n".join(lines) + "\n")
-    cfg = ["# scalelab lab: ssh -F this-file <guest> ...", ""]
+    cfg = ["# scalelab run: ssh -F this-file <guest> ...", ""]
     # Jump hosts first: OpenSSH takes the first value it sees of an option, so these must
-    # come before "Host *" gives every host the run's key alone.
+    # come before "Host *" sets what every guest shares.
     for j in jumps:
         cfg += [f"Host {_jump_alias(j)}", f"    HostName {j.host}", f"    Port {j.port}",
                 f"    User {j.user}"]
@@ -125,10 +129,11 @@ def write_exports(run_dir: Path, guests: Sequence[Guest], key_path: Path) -> tup
         else:
             cfg.append("    IdentitiesOnly no")
         cfg += [f"    UserKnownHostsFile {known.resolve()} ~/.ssh/known_hosts", ""]
+    # Each guest names its own lab's key (IdentityFile adds up across blocks, so it is
+    # never in "Host *"), and only that key is offered.
     cfg += [
         "Host *",
         "    User root",
-        f"    IdentityFile {key_path.resolve()}",
         "    IdentitiesOnly yes",
         f"    UserKnownHostsFile {known.resolve()}",
         "    StrictHostKeyChecking yes",
@@ -136,13 +141,15 @@ def write_exports(run_dir: Path, guests: Sequence[Guest], key_path: Path) -> tup
         "    LogLevel ERROR",
         "",
     ]
-    for g in guests:
-        cfg += [f"Host {g.name}", f"    HostName {g.host}", f"    Port {g.port}"]
-        if g.port != 22 or g.host != g.spec.address or g.jump is not None:
-            cfg.append(f"    HostKeyAlias {g.name}")
-        if g.jump is not None:
-            cfg.append(f"    ProxyJump {_jump_alias(g.jump)}")
-        cfg.append("")
+    for lab_guests, key_path in labs:
+        for g in lab_guests:
+            cfg += [f"Host {g.name}", f"    HostName {g.host}", f"    Port {g.port}",
+                    f"    IdentityFile {key_path.resolve()}"]
+            if g.port != 22 or g.host != g.spec.address or g.jump is not None:
+                cfg.append(f"    HostKeyAlias {g.name}")
+            if g.jump is not None:
+                cfg.append(f"    ProxyJump {_jump_alias(g.jump)}")
+            cfg.append("")
     config = run_dir / "ssh_config"
     config.write_text("\n".join(cfg))
     return config, known
@@ -501,6 +508,15 @@ class GroupResult:
 
     def success_rate(self) -> float:
         return len(self.succeeded) / len(self) if len(self) else 0.0
+
+    def reason(self, guest: str) -> str:
+        """Why ``guest`` failed, in one line: its error, or its command's last stderr line."""
+        if guest in self.errors:
+            return self.errors[guest].message
+        res = self.results.get(guest)
+        stderr = str(getattr(res, "stderr", "") or "")
+        lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+        return lines[-1][:500] if lines else f"exit status {getattr(res, 'exit_status', '?')}"
 
 
 class Fleet:

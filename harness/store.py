@@ -43,6 +43,7 @@ TIMINGS_SCHEMA = pa.schema(
         ("run_id", pa.string()),
         ("scenario", pa.string()),
         ("n_guests", pa.int64()),
+        ("lab", pa.string()),
         ("guest", pa.string()),
         ("lab_host", pa.string()),
         ("phase", pa.string()),
@@ -62,6 +63,7 @@ METRICS_SCHEMA = pa.schema(
         ("run_id", pa.string()),
         ("scenario", pa.string()),
         ("n_guests", pa.int64()),
+        ("lab", pa.string()),
         ("guest", pa.string()),
         ("lab_host", pa.string()),
         ("t", pa.timestamp("ns", tz="UTC")),
@@ -105,6 +107,8 @@ class Context:
     run_id: str
     scenario: str = ""
     n_guests: int = 0
+    #: The lab of rows recorded without a guest (a row with a guest carries that guest's).
+    lab: str = ""
     lab_host: str = ""
 
 
@@ -116,6 +120,8 @@ class Store:
         self.context = context
         #: guest name → lab host, for rows recorded without one (labs spread over hosts).
         self.lab_hosts: dict[str, str] = {}
+        #: guest name → the lab it belongs to (names are unique across a run's labs).
+        self.guest_labs: dict[str, str] = {}
         run_dir.mkdir(parents=True, exist_ok=True)
         self._timings = _AppendFile(run_dir / TIMINGS_STREAM)
         self._metrics = _AppendFile(run_dir / METRICS_STREAM)
@@ -177,6 +183,7 @@ class Recorder:
             "run_id": c.run_id,
             "scenario": c.scenario,
             "n_guests": c.n_guests,
+            "lab": self.store.guest_labs.get(guest or "", c.lab),
             "guest": guest or "",
             "lab_host": c.lab_host or self.store.lab_hosts.get(guest or "", ""),
         }

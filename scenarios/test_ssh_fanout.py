@@ -7,7 +7,7 @@ import pytest
 from harness.quorum import check_quorum
 from harness.ssh import Fleet
 from harness.store import Recorder
-from harness.workloads import roundtrip
+from harness.workloads import record_results, roundtrip
 
 
 @pytest.mark.quorum(0.95)
@@ -18,8 +18,7 @@ def test_ssh_roundtrip(fleet: Fleet, recorder: Recorder, rounds: int, quorum: fl
 
 def test_ssh_hostname(fleet: Fleet, recorder: Recorder) -> None:
     """Every guest answers with its own name: identity holds under fan-out."""
-    with recorder.measure("hostname_fanout"):
-        group = fleet.run("hostname")
+    group = record_results(fleet.run("hostname"), recorder, "hostname")
     assert group.ok, group.failed
     assert {name: r.stdout.strip() for name, r in group.results.items()} == {
         name: name for name in group.results

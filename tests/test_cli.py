@@ -8,27 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.cli import one_clear_line, scalelab
 from leaks import PROJECT, snapshot
 
 from harness.identity import host_routes
 from harness.image.cache import Image
 
 pytestmark = pytest.mark.integration
-
-
-def scalelab(*args: str, cwd: Path = PROJECT,
-             timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "harness.cli", *args]
-    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-
-
-def _one_clear_line(res: subprocess.CompletedProcess[str], *needles: str) -> None:
-    assert res.returncode != 0
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, res.stderr  # no traceback
-    assert lines[0].startswith("scalelab: ")
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 def _a_host_route() -> str:
@@ -61,7 +47,7 @@ def test_up_bad_input(args: list[str], needles: list[str], image: Image, tmp_pat
     args = [a.replace("ROUTE", _a_host_route()) for a in args]
     before = snapshot()
     res = scalelab("up", *args, "--reports-dir", str(tmp_path / "r"))
-    _one_clear_line(res, *needles)
+    one_clear_line(res, *needles)
     assert before.diff(snapshot()) == {}
 
 
@@ -81,7 +67,7 @@ def test_up_needs_root(image: Image, tmp_path: Path) -> None:
          str(tmp_path / "r"), "--image", image.key],
         cwd=PROJECT, capture_output=True, text=True, timeout=60,
     )
-    _one_clear_line(res, "needs root")
+    one_clear_line(res, "needs root")
     assert not (tmp_path / "r").exists()
 
 
@@ -92,14 +78,14 @@ def test_corrupt_image_is_refused(image: Image, tmp_path: Path) -> None:
     (fake / "base.img").write_bytes(b"\0" * 4096)
     res = scalelab("up", "--guests", "1", "--image", str(fake), "--reports-dir",
                    str(tmp_path / "r"))
-    _one_clear_line(res, "rebuild")
+    one_clear_line(res, "rebuild")
 
 
 def test_unwritable_reports_dir(image: Image, tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
     res = scalelab("up", "--guests", "1", "--reports-dir", str(blocker / "reports"))
-    _one_clear_line(res, "cannot write the reports directory")
+    one_clear_line(res, "cannot write the reports directory")
 
 
 def test_up_ssh_down(image: Image, tmp_path: Path) -> None:
@@ -121,7 +107,7 @@ def test_up_ssh_down(image: Image, tmp_path: Path) -> None:
     assert run_dir.name in scalelab("ls").stdout
     down = scalelab("down")
     assert down.returncode == 0, down.stderr
-    assert f"lab {run_dir.name} is down" in down.stdout
+    assert f"run {run_dir.name} is down" in down.stdout
     assert before.diff(snapshot()) == {}
 
 
@@ -167,7 +153,7 @@ def test_fault_verbs_on_a_lab_left_up(image: Image, tmp_path: Path) -> None:
         assert scalelab("fault", "kill", "g000").returncode == 0
         assert ssh("g000", timeout=6) != 0
         bad = scalelab("fault", "pause", "g999")
-        _one_clear_line(bad, "no guest 'g999'")
+        one_clear_line(bad, "no guest 'g999'")
     finally:
         assert scalelab("down").returncode == 0
     assert before.diff(snapshot()) == {}
@@ -177,6 +163,6 @@ def test_fault_verbs_on_a_lab_left_up(image: Image, tmp_path: Path) -> None:
 
 def test_image_prune_keeps_current(image: Image, tmp_path: Path) -> None:
     res = scalelab("image", "prune", "--recipe", str(tmp_path / "missing.toml"))
-    _one_clear_line(res, "does not exist")
+    one_clear_line(res, "does not exist")
     listing = scalelab("image", "list").stdout
     assert image.key in listing

@@ -173,7 +173,7 @@ def test_exports_jump_through_remote_lab_hosts(tmp_path: Path) -> None:
     jump = Jump("192.0.2.7", 22, "root", "192.0.2.7 ssh-ed25519 AAAAlabhost")
     guests = [Guest(specs[0], specs[0].address, lab_host="here"),
               Guest(specs[1], specs[1].address, jump=jump, lab_host="there")]
-    cfg, known = write_exports(tmp_path, guests, tmp_path / "id")
+    cfg, known = write_exports(tmp_path, [(guests, tmp_path / "id")])
     text = cfg.read_text()
     assert text.index("Host labhost-192.0.2.7-22") < text.index("Host *")
     assert "ProxyJump labhost-192.0.2.7-22" in text.split("Host s0g001")[1]
@@ -184,8 +184,8 @@ def test_exports_jump_through_remote_lab_hosts(tmp_path: Path) -> None:
     # A jump host with its own login key (xen's remote dom0 with key=) gets that key only.
     keyed = Jump("192.0.2.8", 2222, "admin", "[192.0.2.8]:2222 ssh-ed25519 AAAAdom0",
                  identity_file=str(tmp_path / "dom0_key"))
-    cfg, _ = write_exports(tmp_path, [Guest(specs[1], specs[1].address, jump=keyed)],
-                           tmp_path / "id")
+    cfg, _ = write_exports(tmp_path, [([Guest(specs[1], specs[1].address, jump=keyed)],
+                                        tmp_path / "id")])
     jump_block = cfg.read_text().split("Host labhost-192.0.2.8-2222")[1].split("Host ")[0]
     assert f"IdentityFile {tmp_path / 'dom0_key'}" in jump_block
     assert "IdentitiesOnly yes" in jump_block and "User admin" in jump_block

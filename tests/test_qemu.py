@@ -202,7 +202,7 @@ def test_partition_and_heal(lab: Lab) -> None:
 def test_kill_and_teardown_leave_nothing(session: Session, vm_image: Image) -> None:
     """A second lab in the run: kill one VM, then take the lab down; nothing remains."""
     before = snapshot()
-    lab = session.lab_up(1, sub="kill")
+    lab = session.lab_up(1, name="kill")
     g = lab.guests[0]
     pid, tap = int(g.info["pid"]), g.info["tap"]
     disk, sock = Path(g.info["disk"]), Path(g.info["qmp"])

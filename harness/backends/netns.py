@@ -475,38 +475,44 @@ class NetnsBackend(Backend):
 
 
 
-def attach(run: str | None) -> tuple[NetnsBackend, Any]:
-    """A backend handle on a netns lab left up (for ``scalelab fault``), and a recorder that
-    appends to that run's timing stream."""
-    import json
-
-    from harness.backends.base import RunContext
-    from harness.identity import make_specs
-    from harness.state import list_states
-    from harness.store import Context, Store
-
-    states = [s for s in list_states() if s.header.get("backend") == "netns"]
-    if run:
-        states = [s for s in states if s.run_id == Path(run).name and (s.kept or s.owner_alive)]
-    else:
-        states = [s for s in states if s.kept]  # a lab left up for people, by default
-    if not states:
-        raise UserError("no such netns lab is up here (see `scalelab ls`; --run names one)")
-    state = states[-1]
-    run_dir = Path(str(state.header.get("run_dir")))
-    try:
-        inventory = json.loads((run_dir / "guests.json").read_text())
-    except (OSError, ValueError):
-        raise UserError(f"lab {state.run_id} has no readable guests.json in {run_dir}") from None
-    backend = NetnsBackend(inventory.get("backend_options", {}))
-    backend.ctx = RunContext(state.run_id, state, run_dir, "")
-    backend.cgroups = Cgroups(state.run_id)
-    backend._partitioned = any(r.kind == "nft" for r in state.resources)
+def attach(run: str | None, names: Sequence[str]) -> tuple[NetnsBackend, Any]:
+    """A backend handle on the netns lab of a run left up that holds ``names`` (for
+    ``scalelab fault``), and a recorder that appends to that run's timing stream."""
     import ipaddress
 
+    from harness.identity import make_specs
+    from harness.runs import find_run, newest_kept_run
+    from harness.store import Context, Store
+
+    chosen = find_run(run) if run else newest_kept_run()
+    if chosen is None:
+        raise UserError("no run is kept up here (see `scalelab ls`; --run names one)")
+    labs = [lab for lab in chosen.labs
+            if lab.state.header.get("backend") == "netns" and not lab.is_shard]
+    holding = [lab for lab in labs if set(names) & set(lab.guest_names())]
+    if len(holding) > 1:
+        raise UserError(f"the guests named are in {len(holding)} labs of run {chosen.run_id} "
+                        f"({', '.join(lab.name for lab in holding)}): one lab at a time")
+    if not holding and (names or len(labs) != 1):
+        known = "; ".join(f"{lab.name}: {', '.join(lab.guest_names()[:3])}…" for lab in labs)
+        raise UserError(f"no netns lab of run {chosen.run_id} holds "
+                        f"{' '.join(names) or 'the guests'} ({known or 'it has none'})")
+    entry = holding[0] if holding else labs[0]
+    missing = sorted(set(names) - set(entry.guest_names()))
+    if missing:
+        raise UserError(f"lab {entry.name} of run {chosen.run_id} has no guest "
+                        f"{', '.join(missing)}")
+    state, inventory = entry.state, entry.inventory()
+    run_dir = Path(str(state.header.get("run_dir")))
+    backend = NetnsBackend(inventory.get("backend_options", {}))
+    backend.ctx = RunContext(state.run_id, state, entry.lab_dir or run_dir, "")
+    backend.cgroups = Cgroups(state.run_id)
+    backend._partitioned = any(r.kind == "nft" for r in state.resources)
     subnet = ipaddress.IPv4Network(inventory["subnet"])
-    specs = make_specs(state.run_id, len(inventory["guests"]), subnet)
+    specs = make_specs(state.run_id, len(inventory["guests"]), subnet,
+                       prefix=str(inventory.get("name_prefix", "g")))
     backend.guests = [Guest(s, s.address) for s in specs]
     backend._isolated = {g.name for g in backend.guests}  # heal brings every link up
-    store = Store(run_dir, Context(run_id=state.run_id, scenario="manual-faults"))
+    store = Store(run_dir, Context(run_id=chosen.run_id, scenario="manual-faults",
+                                   lab=entry.name))
     return backend, store.scoped()

@@ -37,7 +37,7 @@ from harness.config import LabConfig
 from harness.errors import LabError
 from harness.identity import KeyPair
 from harness.image import cache
-from harness.lab import Lab, ProgressFn, ensure_image
+from harness.lab import DEFAULT_LAB, Lab, ProgressFn, ensure_image, name_label
 from harness.ssh import GuestError, write_client_key, write_exports
 from harness.state import RunState
 from harness.store import Recorder
@@ -64,10 +64,12 @@ class ClusterLab(Lab):
         *,
         progress: ProgressFn | None = None,
         image: cache.Image | None = None,
-        name_prefix: str = "g",
+        name: str = DEFAULT_LAB,
+        run: str | None = None,
+        report_dir: Path | None = None,
     ) -> None:
         super().__init__(config, run_id, run_dir, recorder, progress=progress, image=image,
-                         name_prefix=name_prefix)
+                         name=name, run=run, report_dir=report_dir)
         self.cluster = parse_cluster(config.cluster or "")
         self.shards: list[ShardHandle] = []
         self.routes: dict[str, ShardHandle] = {}
@@ -129,7 +131,7 @@ class ClusterLab(Lab):
     def _journal(self) -> KeyPair:
         """The client's own journal (its local shards, the run's client key)."""
         self.state = RunState.create(
-            self.run_id, backend="cluster", run_dir=str(self.run_dir.resolve()), kept=False,
+            self.run_id, kept=False, **{**self.journal_header(), "backend": "cluster"},
             cluster=self.cluster.text,
         )
         client_key = KeyPair.generate(f"scalelab-{self.run_id}")
@@ -167,7 +169,8 @@ class ClusterLab(Lab):
             index=h.index, run_id=h.run_id, main_run_id=self.run_id, lab_host=h.lab_host,
             config=dataclasses.replace(self.config, cluster=None, subnet=h.subnet),
             run_dir=str(run_dir), image_key=key, image_digest=digest, client_key=client_key,
-            offset=offset, total=total,
+            offset=offset, total=total, run=self.run, lab=self.name,
+            name_prefix=f"{name_label(self.name)}s{h.index}g",
         )
 
     def _measure_clocks(self) -> None:
@@ -273,6 +276,7 @@ class ClusterLab(Lab):
                 self.failures[name] = GuestError(name, cls, msg)
         self.guests = guests
         self.backend.guests = guests
+        self.recorder.store.guest_labs.update((g.name, self.name) for g in guests)
         by_name = {g.name: g for g in guests}
         fleet = ClusterFleet(dict(self.routes), by_name, self._shard_lost,
                              self.config.fanout_workers)
@@ -280,7 +284,8 @@ class ClusterLab(Lab):
         for name in self.failures:
             fleet.lost[name] = now
         self.fleet = fleet
-        write_exports(self.run_dir, guests, self.state.dir / "id_ed25519")
+        self.key_path = self.state.dir / "id_ed25519"
+        write_exports(self.run_dir, [(guests, self.key_path)])
         self._write_inventory(guests)
 
     # -- helpers -------------------------------------------------------------------------

@@ -122,6 +122,9 @@ class ShardSpec:
     client_key: KeyPair = field(repr=False)
     offset: int  # the global index of this shard's first guest
     total: int  # guests in the whole cluster lab
+    run: str  # the run the cluster lab belongs to
+    lab: str  # the cluster lab's name in that run
+    name_prefix: str  # what this shard's guest names start with (unique in the run)
 
 
 class ShardStore(Store):
@@ -157,8 +160,9 @@ class ShardLab(Lab):
     not raised: the client applies ``min_ready`` to the whole lab."""
 
     def __init__(self, spec: ShardSpec, image: cache.Image, store: ShardStore) -> None:
-        super().__init__(spec.config, spec.run_id, Path(spec.run_dir), store.scoped(),
-                         image=image, name_prefix=f"s{spec.index}g")
+        super().__init__(spec.config, spec.run_id, Path(spec.run_dir), store.scoped(lab=spec.lab),
+                         image=image, name=spec.lab, run=spec.run,
+                         name_prefix=spec.name_prefix)
         self.spec = spec
         self.specs: list[GuestSpec] = []
         self._key_path: Path | None = None
@@ -174,8 +178,8 @@ class ShardLab(Lab):
         self.subnet = str(net)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.state = RunState.create(
-            self.run_id, backend=self.backend.name, run_dir=str(self.run_dir.resolve()),
-            kept=False, cluster_run=self.spec.main_run_id, lab_host=self.spec.lab_host,
+            self.run_id, kept=False, **self.journal_header(),
+            cluster_run=self.spec.main_run_id, lab_host=self.spec.lab_host,
         )
         self._key_path = write_client_key(self.state.dir, self.spec.client_key)
         specs = make_specs(

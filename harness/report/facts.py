@@ -58,7 +58,8 @@ def backend_text(info: dict[str, Any]) -> str:
 def environment_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
     """run.json flattened into (what, value) lines; unknown keys are shown too, as JSON."""
     rows: list[tuple[str, str]] = []
-    shown = {"run_id", "started_utc", "ended_utc", "report_tz", "outcome", "guests"}
+    shown = {"run_id", "started_utc", "ended_utc", "report_tz", "outcome", "guests", "tests",
+             "labs"}
 
     def add(label: str, value: Any) -> None:
         if value not in (None, "", [], {}):
@@ -148,6 +149,14 @@ def run_summary(data: RunData, zone: dt.tzinfo, knee_list: list[Knee]) -> list[t
             ("scaling knee", "one N per scenario: sweep N (e.g. --guests=8,16,32) for a curve")
         )
     return rows
+
+
+def not_passed(info: dict[str, Any]) -> list[dict[str, Any]]:
+    """The run's tests that did not pass (skipped, failed, errors), each with its reason."""
+    tests = info.get("tests")
+    if not isinstance(tests, list):
+        return []
+    return [t for t in tests if isinstance(t, dict) and t.get("outcome") != "passed"]
 
 
 def raw_files(run_dir: Path, out_dir: Path) -> list[dict[str, Any]]:

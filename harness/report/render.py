@@ -11,7 +11,7 @@ import pandas as pd
 
 from harness.report import plots
 from harness.report.export import PLOTS_DIR, PlotFile, save_figure, slug
-from harness.report.facts import environment_rows, raw_files, run_summary
+from harness.report.facts import environment_rows, not_passed, raw_files, run_summary
 from harness.report.rundata import RunData, load_run
 from harness.report.scenarios import base_scenario
 from harness.report.summary import (
@@ -123,26 +123,30 @@ def _scenario_sections(
 
 
 def _bringup_plots(timings: pd.DataFrame, tc: TimeContext, out: Path) -> tuple[list[PlotFile], int]:
-    """A Gantt chart per bring-up (scenario, N); returns (plots, bring-ups not drawn).
+    """A Gantt chart per bring-up (lab, scenario, N); returns (plots, bring-ups not drawn).
 
     With more than MAX_GANTTS bring-ups only the largest N of each scenario is drawn: that is
-    where contention shows, and the table above has the numbers of the others.
+    where contention shows, and the table above has the numbers of the others. A recipe lab
+    of the same scenario and N is a bring-up of its own, drawn apart.
     """
     bu = bringup_rows(timings)
+    keys = ["lab", "scenario", "n_guests"]
     groups = [
-        (base_scenario(str(scenario)), cast(int, n), g)
-        for (scenario, n), g in bu.groupby(["scenario", "n_guests"], sort=False, observed=True)
+        (base_scenario(str(scenario)), cast(int, n), str(lab), g)
+        for (lab, scenario, n), g in bu.groupby(keys, sort=False, observed=True)
     ]
-    groups.sort(key=lambda item: (item[0], item[1]))
+    groups.sort(key=lambda item: (item[0], item[1], item[2]))
     if len(groups) > MAX_GANTTS:
-        largest = {base: n for base, n, _ in groups}  # sorted by N, so the last one wins
+        largest = {base: n for base, n, _, _ in groups}  # sorted by N, so the last one wins
         groups = [item for item in groups if item[1] == largest[item[0]]][:MAX_GANTTS]
-    skipped = len(bu.groupby(["scenario", "n_guests"], observed=True)) - len(groups)
+    skipped = len(bu.groupby(keys, observed=True)) - len(groups)
     written = []
-    for base, n, g in groups:
-        label = f"{base}, N={n}" if base else f"N={n}"
+    for base, n, lab, g in groups:
+        # Side labs (a boot storm's side1, side2…) are named by their scenario already.
+        lab_label = f"lab {lab}, " if lab and base == "bringup" else ""
+        label = f"{lab_label}{base}, N={n}" if base else f"{lab_label}N={n}"
         fig = plots.bringup_gantt(g, tc.zone, tc.faults, tc.lost, f"bring-up timeline, {label}")
-        name = slug(f"gantt-{base}-n{n}")
+        name = slug(f"gantt-{lab if base == 'bringup' else ''}-{base}-n{n}")
         written.append(save_figure(fig, out, name, f"bring-up, {label}", CAPTION_GANTT))
     return written, skipped
 
@@ -201,6 +205,7 @@ def render_report(run_dir: Path, tz: str | None = None, out_dir: Path | None = N
         summary=run_summary(data, zone, knee_list),
         sections=sections,
         bringup=_records(bringup_stats(t)),
+        tests=not_passed(data.info),
         gantts=gantts,
         gantts_skipped=gantts_skipped,
         failures=failures(t),

@@ -113,7 +113,7 @@ def tidy_timings(df: pd.DataFrame) -> pd.DataFrame:
     # A row without ``ok`` is a success unless it names an error class.
     df["ok"] = df["ok"].astype("boolean").fillna(df["error_class"].isna()).astype(bool)
     df["n_guests"] = pd.to_numeric(df["n_guests"], errors="coerce").fillna(0).astype("int64")
-    for col in ("scenario", "guest", "phase", "op"):
+    for col in ("scenario", "lab", "guest", "phase", "op"):
         df[col] = df[col].fillna("").astype(str).astype("category")
     for col in ("run_id", "lab_host", "error_class", "error"):
         df[col] = df[col].astype("category")
@@ -131,7 +131,7 @@ def tidy_metrics(df: pd.DataFrame) -> pd.DataFrame:
     df = _with_columns(df, METRICS_SCHEMA.names)
     df["t"] = pd.to_datetime(df["t"], utc=True)
     df["value"] = pd.to_numeric(df["value"], errors="coerce")
-    for col in ("guest", "metric", "unit", "scenario"):
+    for col in ("guest", "lab", "metric", "unit", "scenario"):
         df[col] = df[col].fillna("").astype(str)
     return df.dropna(subset=["t", "value"])
 

@@ -139,9 +139,11 @@ def bringup_rows(timings: pd.DataFrame) -> pd.DataFrame:
 
 
 def bringup_stats(timings: pd.DataFrame) -> pd.DataFrame:
-    """Per (scenario, N) bring-up: per-guest time to ready and the wall time until all were."""
+    """Per (lab, scenario, N) bring-up: per-guest time to ready and the wall time until all
+    were. Labs are apart: two labs of one run never share a guest's rows."""
     bu = bringup_rows(timings)
     cols = [
+        "lab",
         "scenario",
         "n_guests",
         "guests",
@@ -154,7 +156,7 @@ def bringup_stats(timings: pd.DataFrame) -> pd.DataFrame:
     ]
     if bu.empty:
         return pd.DataFrame(columns=cols)
-    keys = ["scenario", "n_guests"]
+    keys = ["lab", "scenario", "n_guests"]
     per_guest = bu.groupby([*keys, "guest"], observed=True).agg(
         start=("start", "min"), end=("end", "max"), ok=("ok", "all")
     )
@@ -181,7 +183,7 @@ def bringup_stats(timings: pd.DataFrame) -> pd.DataFrame:
     out = out.reset_index()
     # Lexical order would put "[n=128]" before "[n=64]": order by scenario base, then N.
     out["base"] = out["scenario"].map(lambda s: base_scenario(str(s))).astype(str)
-    return out.sort_values(["base", "n_guests"], kind="stable")[cols]
+    return out.sort_values(["base", "n_guests", "lab"], kind="stable")[cols]
 
 
 @dataclass(frozen=True)

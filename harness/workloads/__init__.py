@@ -74,16 +74,20 @@ def parse_agent_output(text: str) -> ParsedOutput:
 
 
 def record_results(
-    group: GroupResult, recorder: Recorder, op: str, *, log_dir: Path | None = None
+    group: GroupResult, recorder: Recorder, op: str, *, log_dir: Path | None = None,
+    phase: str = "workload", log_name: str | None = None,
 ) -> GroupResult:
-    """One timing row per guest (failures with their class), agent metrics and logs."""
+    """One timing row per guest (failures with their class), agent metrics and logs.
+
+    Log lines go to ``<log_dir>/<guest>.<log_name or op>.log``, under a line naming the
+    scenario they came from (a sweep appends one section per N)."""
     for name, res in group.results.items():
         if not isinstance(res, CommandResult):
             continue
         recorder.timing(
-            op, res.start_ns, res.end_ns, guest=name, ok=res.ok,
+            op, res.start_ns, res.end_ns, guest=name, phase=phase, ok=res.ok,
             error_class=None if res.ok else EXIT,
-            error=None if res.ok else (res.stderr.strip().splitlines() or [""])[-1][:500],
+            error=None if res.ok else group.reason(name),
             exit_status=res.exit_status,
         )
         parsed = parse_agent_output(res.stdout)
@@ -91,16 +95,71 @@ def record_results(
             recorder.metric(m["metric"], m["value"], unit=m["unit"], guest=name,
                             t_ns=m.get("t_ns", res.end_ns))
         if log_dir is not None and (parsed.log or res.stderr):
-            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in op)
+            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in log_name or op)
             with (log_dir / f"{name}.{safe}.log").open("a", errors="replace") as f:
+                f.write(f"--- {recorder.context.scenario or op} ---\n")
                 f.write("\n".join(parsed.log) + "\n")
                 if res.stderr:
                     f.write("[stderr]\n" + res.stderr)
     now = time.time_ns()
     for name, err in group.errors.items():
-        recorder.timing(op, now, now, guest=name, ok=False, error_class=err.error_class,
-                        error=err.message[:500])
+        recorder.timing(op, now, now, guest=name, phase=phase, ok=False,
+                        error_class=err.error_class, error=err.message[:500])
     return group
+
+
+@dataclass(frozen=True)
+class Server:
+    """A server :meth:`Agents.serve` started in the background on some guests."""
+
+    op: str
+    names: tuple[str, ...]
+
+    @property
+    def log(self) -> str:
+        return f"/var/log/scalelab-{self.op}.log"
+
+    @property
+    def pidfile(self) -> str:
+        return f"/run/scalelab-{self.op}.pid"
+
+
+# The server runs in a session of its own (setsid), so stopping it reaches every process
+# it started. The shell that starts it is a process-group leader's child, so setsid needs
+# no fork and $! is the server itself. A zombie counts as gone.
+_ALIVE = ("alive() { kill -0 \"$1\" 2>/dev/null && "
+          "! grep -qs '^State:[[:space:]]*Z' /proc/\"$1\"/status; }; ")
+
+
+def _start_command(server: Server, argv: Sequence[str], ready_line: str, timeout: float) -> str:
+    log, pidfile, ready = (shlex.quote(x) for x in (server.log, server.pidfile, ready_line))
+    tries = max(1, int(timeout / 0.05))
+    return (
+        _ALIVE
+        + f"setsid nohup {shlex.join(argv)} > {log} 2>&1 < /dev/null & pid=$!; "
+        f"echo $pid > {pidfile}; "
+        f"for i in $(seq {tries}); do grep -q {ready} {log} && exit 0; "
+        f"if ! alive $pid; then wait $pid; st=$?; cat {log} >&2; "
+        f"echo \"the server exited (status $st) before it printed {ready}\" >&2; "
+        # The server's own last words are the reason; say them last when there are some.
+        f"[ -s {log} ] && tail -n 1 {log} >&2; exit 1; fi; "
+        f"sleep 0.05; done; cat {log} >&2; "
+        f"echo \"the server did not print {ready} within {timeout:g} s\" >&2; exit 1"
+    )
+
+
+def _stop_command(server: Server, grace: float) -> str:
+    log, pidfile = shlex.quote(server.log), shlex.quote(server.pidfile)
+    tries = max(1, int(grace / 0.05))
+    return (
+        _ALIVE
+        + f"[ -f {pidfile} ] || exit 0; pid=$(cat {pidfile}); "
+        f"kill -TERM -- -$pid 2>/dev/null || kill -TERM $pid 2>/dev/null; "
+        f"for i in $(seq {tries}); do alive $pid || break; sleep 0.05; done; "
+        f"alive $pid && kill -KILL -- -$pid 2>/dev/null; "
+        f"for i in $(seq 40); do alive $pid || break; sleep 0.05; done; "
+        f"rm -f {pidfile}; cat {log} 2>/dev/null; ! alive $pid"
+    )
 
 
 class Agents:
@@ -110,8 +169,16 @@ class Agents:
         self.fleet = fleet
         self.recorder = recorder
         self.log_dir = log_dir
+        #: Servers started and not yet stopped, newest last.
+        self.servers: list[Server] = []
         if log_dir is not None:
             log_dir.mkdir(parents=True, exist_ok=True)
+
+    def __enter__(self) -> Agents:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def deploy(self, local: Path, names: Iterable[str] | None = None) -> str:
         """Upload a script or directory to every guest; returns its remote path."""
@@ -168,20 +235,39 @@ class Agents:
         ready_line: str = "listening", timeout: float = 10.0,
     ) -> GroupResult:
         """Start a server in the background on the guests and wait until each prints
-        ``ready_line`` (its output goes to ``/var/log/scalelab-<op>.log`` in the guest)."""
-        targets = list(self.fleet.names if names is None else names)
-        log = shlex.quote(f"/var/log/scalelab-{op}.log")
-        tries = max(1, int(timeout / 0.05))
-        cmd = (
-            f"nohup {shlex.join(argv)} > {log} 2>&1 < /dev/null & "
-            f"for i in $(seq {tries}); do grep -q {shlex.quote(ready_line)} {log} && exit 0; "
-            f"sleep 0.05; done; cat {log} >&2; exit 1"
-        )
-        with self.recorder.measure(f"{op}_start", phase="setup") as m:
-            group = self.fleet.run(cmd, names=targets, timeout=timeout + 10)
-            if not group.ok:
-                m.fail("exit", f"server did not start on {sorted(group.failed)[:5]}")
-        return group
+        ``ready_line``; one ``<op>_start`` row per guest.
+
+        Its output goes to ``/var/log/scalelab-<op>.log`` in the guest and, when it is
+        stopped, to the guest's log under the report. A server that exits or stays silent
+        fails its row with the guest-side reason (say ``Address already in use``). It runs
+        until :meth:`stop_servers` or :meth:`close` (the ``agents`` fixture calls it when
+        the test ends, whatever its outcome).
+        """
+        server = Server(op, tuple(self.fleet.names if names is None else names))
+        self.servers.append(server)  # even a failed start may have left a process
+        group = self.fleet.run(_start_command(server, argv, ready_line, timeout),
+                               names=server.names, timeout=timeout + 10)
+        return record_results(group, self.recorder, f"{op}_start", phase="setup")
+
+    def stop_servers(self, grace: float = 5.0) -> GroupResult:
+        """Stop every server started here (SIGTERM to its session, SIGKILL after ``grace``
+        seconds), newest first; one ``<op>_stop`` row per guest, its log kept. Never raises
+        for a guest that is gone."""
+        out = GroupResult()
+        while self.servers:
+            server = self.servers.pop()
+            names = [n for n in server.names if n in self.fleet.names]
+            group = self.fleet.run(_stop_command(server, grace), names=names,
+                                   timeout=grace + 15)
+            record_results(group, self.recorder, f"{server.op}_stop", phase="teardown",
+                           log_dir=self.log_dir, log_name=server.op)
+            out.results.update(group.results)
+            out.errors.update(group.errors)
+        return out
+
+    def close(self) -> None:
+        """Stop what this test started in the background."""
+        self.stop_servers()
 
 
 def roundtrip(fleet: Fleet, recorder: Recorder, rounds: int = 10,

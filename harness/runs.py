@@ -1,0 +1,130 @@
+"""The runs known on this host, each with its labs: what ``scalelab ls/down/clean`` act on.
+
+A run may hold several labs (the default one, a recipe's, a boot storm's side labs), each
+with a state journal of its own.  Every journal names the run it belongs to, so the labs of
+one run are found, listed and taken down together: one ``scalelab down`` leaves nothing of
+a kept run behind.  A cluster lab's shards on this host have journals too; the cluster lab's
+own journal removes them (a callback), so they are listed under it and removed last.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.errors import UserError
+from harness.state import RunState, list_states
+
+
+@dataclass(frozen=True)
+class LabEntry:
+    """One lab of a run, as its journal and ``guests.json`` describe it."""
+
+    state: RunState
+
+    @property
+    def name(self) -> str:
+        return str(self.state.header.get("lab") or "default")
+
+    @property
+    def is_shard(self) -> bool:
+        """A cluster shard on this host, removed by its cluster lab's journal."""
+        return bool(self.state.header.get("cluster_run"))
+
+    @property
+    def lab_dir(self) -> Path | None:
+        d = self.state.header.get("lab_dir") or self.state.header.get("run_dir")
+        return Path(str(d)) if d else None
+
+    def inventory(self) -> dict[str, Any]:
+        """The lab's ``guests.json`` (empty when it was never written or is unreadable)."""
+        if self.lab_dir is None:
+            return {}
+        try:
+            data = json.loads((self.lab_dir / "guests.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def guest_names(self) -> list[str]:
+        guests = self.inventory().get("guests", [])
+        return [str(g.get("name")) for g in guests if isinstance(g, dict)]
+
+
+@dataclass(frozen=True)
+class Run:
+    """All the labs of one run id found on this host, oldest lab first."""
+
+    run_id: str
+    labs: tuple[LabEntry, ...]
+
+    @property
+    def kept(self) -> bool:
+        return any(lab.state.kept for lab in self.labs)
+
+    @property
+    def owner_alive(self) -> bool:
+        return any(lab.state.owner_alive for lab in self.labs)
+
+    @property
+    def created(self) -> float:
+        return min(float(lab.state.header.get("created") or 0) for lab in self.labs)
+
+    @property
+    def run_dir(self) -> str:
+        head = self.labs[0].state.header
+        return str(head.get("run_dir") or "")
+
+    @property
+    def status(self) -> str:
+        if self.kept:
+            return "kept up"
+        return "running" if self.owner_alive else "dead (leftovers)"
+
+    def take_down(self) -> list[str]:
+        """Remove every lab of the run: labs first, then shards their callbacks missed."""
+        problems: list[str] = []
+        for lab in sorted(self.labs, key=lambda e: e.is_shard):
+            if lab.state.dir.exists():
+                problems += lab.state.remove_all()
+        return problems
+
+
+def _run_of(state: RunState) -> str:
+    head = state.header
+    # A shard names its cluster lab's run id; older journals name no run: a run of one.
+    return str(head.get("run") or head.get("cluster_run") or state.run_id)
+
+
+def list_runs() -> list[Run]:
+    """The runs with journals on this host, oldest first."""
+    states = list_states()
+    lab_ids = {s.run_id: _run_of(s) for s in states}
+    grouped: dict[str, list[LabEntry]] = {}
+    for s in states:
+        run = _run_of(s)
+        run = lab_ids.get(run, run)  # a shard's cluster lab may itself be a run's side lab
+        grouped.setdefault(run, []).append(LabEntry(s))
+    runs = [Run(run_id, tuple(sorted(labs, key=lambda e: float(e.state.header.get("created")
+                                                                or 0))))
+            for run_id, labs in grouped.items()]
+    return sorted(runs, key=lambda r: r.created)
+
+
+def find_run(ref: str) -> Run:
+    """The run named by ``ref``: a run id, one of its labs' ids, or its run directory."""
+    want = Path(ref).name
+    for run in list_runs():
+        if want == run.run_id or any(want == lab.state.run_id for lab in run.labs):
+            return run
+        if Path(ref).exists() and run.run_dir and Path(ref).resolve() == Path(run.run_dir):
+            return run
+    raise UserError(f"no run {ref!r} has labs on this host (see `scalelab ls`)")
+
+
+def newest_kept_run() -> Run | None:
+    """The newest run left up on purpose (``scalelab up``, ``--keep-guests``)."""
+    kept = [r for r in list_runs() if r.kept]
+    return kept[-1] if kept else None

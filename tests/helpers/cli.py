@@ -1,0 +1,26 @@
+"""Running the ``scalelab`` command as a user would, and checking how it fails."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from leaks import PROJECT
+
+
+def scalelab(*args: str, cwd: Path = PROJECT,
+             timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``scalelab ARGS`` in a child process; its output captured as text."""
+    argv = [sys.executable, "-m", "harness.cli", *args]
+    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def one_clear_line(res: subprocess.CompletedProcess[str], *needles: str) -> None:
+    """A failure that says what went wrong in one line of stderr (no traceback)."""
+    assert res.returncode != 0
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("scalelab: ")
+    for n in needles:
+        assert n in lines[0], lines[0]
