@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
+from harness.plumbing.units import parse_size
 
 MAX_GUESTS = 4096
 
@@ -73,10 +74,8 @@ def _size(name: str) -> Callable[[Any], str | None]:
     def parse(v: Any) -> str | None:
         if v in (None, ""):
             return None
-        from harness.backends.netns import _size_bytes
-
         try:
-            _size_bytes(str(v))
+            parse_size(str(v))
         except UserError:
             raise UserError(f"--{name}={v!r}: not a size like 256M or 1G") from None
         return str(v)

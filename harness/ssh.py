@@ -27,6 +27,7 @@ import paramiko
 
 from harness.backends.base import Guest, Jump
 from harness.identity import KeyPair
+from harness.plumbing.result import CommandResult
 
 # paramiko logs every failed handshake attempt with a traceback; retries are expected during
 # a boot storm, and failures are reported by the harness with their class instead.
@@ -368,25 +369,6 @@ def connect_ready(
 
 
 # -- commands -----------------------------------------------------------------------------
-
-
-@dataclass
-class CommandResult:
-    guest: str
-    command: str
-    exit_status: int
-    stdout: str
-    stderr: str
-    start_ns: int
-    end_ns: int
-
-    @property
-    def ok(self) -> bool:
-        return self.exit_status == 0
-
-    @property
-    def duration_s(self) -> float:
-        return (self.end_ns - self.start_ns) / 1e9
 
 
 #: Output beyond this many bytes per stream is dropped (and said so): an agent that prints

@@ -27,6 +27,7 @@ from harness.errors import LabError, UserError
 from harness.guestfiles import write_guest_files
 from harness.identity import GuestSpec, run_tag
 from harness.image.cache import Image
+from harness.plumbing.units import parse_size
 from harness.state import proc_start_time, teardown
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -34,18 +35,6 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 #: guests go on segment bridges joined to the lab bridge by a veth pair (one L2 network).
 PORTS_PER_BRIDGE = 1000
 V1_CONTROLLERS = ("memory", "cpu", "pids", "freezer")
-
-
-def _size_bytes(text: str) -> int:
-    """'256M' / '1G' / '1048576' → bytes."""
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-    t = text.strip().lower().rstrip("ib").rstrip("b")
-    try:
-        if t and t[-1] in units:
-            return int(float(t[:-1]) * units[t[-1]])
-        return int(t)
-    except ValueError:
-        raise UserError(f"memory size {text!r} is not a size like 256M or 1G") from None
 
 
 class Cgroups:
@@ -86,7 +75,7 @@ class Cgroups:
         for p in paths:
             p.mkdir(parents=True, exist_ok=True)
         if memory:
-            limit = str(_size_bytes(memory))
+            limit = str(parse_size(memory, "memory size"))
             if self.v2:
                 (paths[0] / "memory.max").write_text(limit)
             else:

@@ -40,12 +40,12 @@ from typing import Any
 
 from harness.backends import labnet
 from harness.backends.base import Backend, FaultNotSupported, Guest, RunContext, now_ns
-from harness.backends.netns import _size_bytes
 from harness.errors import LabError, UserError
 from harness.guestfiles import make_guest_disk
 from harness.identity import GuestSpec, run_tag
 from harness.image.cache import Image, cache_dir
 from harness.image.vm import GUEST_INIT, vm_info
+from harness.plumbing.units import parse_size
 from harness.state import proc_start_time, teardown
 
 QEMU = "qemu-system-x86_64"
@@ -316,8 +316,8 @@ class QemuBackend(Backend):
                 raise UserError(f"qemu option {key}={self.opts[key]!r}: use "
                                 + " or ".join(f"{key}={a}" for a in allowed))
         for key in ("memory", "disk"):
-            _size_bytes(self.opts[key])  # raises a UserError naming the bad size
-        if _size_bytes(self.opts["disk"]) < (4 << 20):
+            parse_size(self.opts[key])  # raises a UserError naming the bad size
+        if parse_size(self.opts["disk"]) < (4 << 20):
             raise UserError(f"qemu option disk={self.opts['disk']}: the writable disk needs "
                             "at least 4M")
         for key in ("smp", "tb_size"):
@@ -328,7 +328,7 @@ class QemuBackend(Backend):
 
     def memory_bytes(self, spec: GuestSpec | None = None) -> int:
         """Guest RAM: the lab's per-guest memory if set, else ``memory=``."""
-        return _size_bytes((spec.memory if spec and spec.memory else None)
+        return parse_size((spec.memory if spec and spec.memory else None)
                            or self.opts["memory"])
 
     def overhead_bytes(self) -> int:
@@ -508,7 +508,7 @@ class QemuBackend(Backend):
                 taps[spec.name] = tap_dev
                 batch += labnet.tap_lines(tap_dev, self.bridge, spec)
             labnet.ip_batch(batch)
-        disk_size = _size_bytes(self.opts["disk"])
+        disk_size = parse_size(self.opts["disk"])
         self._stop.clear()
         self._spawning = True  # the console follower stays while VMs are still coming
         try:

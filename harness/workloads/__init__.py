@@ -21,7 +21,8 @@ from typing import Any
 
 import paramiko
 
-from harness.ssh import EXIT, CommandResult, Fleet, GroupResult, run_on
+from harness.plumbing.result import CommandResult
+from harness.ssh import EXIT, Fleet, GroupResult, run_on
 from harness.store import Recorder
 
 REMOTE_DIR = "/opt/scalelab/agents"

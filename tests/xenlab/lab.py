@@ -36,7 +36,8 @@ import paramiko
 from harness.backends.xen import BUNDLE_FILES, bundle_id, bundle_sources, known_hosts_line
 from harness.identity import KeyPair
 from harness.image.cache import Image, resolve
-from harness.ssh import CommandResult, load_private_key, run_on
+from harness.plumbing.result import CommandResult
+from harness.ssh import load_private_key, run_on
 
 from .image import ROOT, Dom0Image, build_dom0_image
 

@@ -49,6 +49,7 @@ from harness.errors import LabError, UserError
 from harness.guestfiles import make_guest_disk
 from harness.identity import XEN_OUI, GuestSpec
 from harness.image.cache import Image
+from harness.plumbing.units import parse_size
 from harness.state import Resource, teardown
 
 
@@ -569,9 +570,7 @@ def parse_xl_list_long(text: str) -> dict[str, int]:
 
 
 def _mib(size: str) -> int:
-    from harness.backends.netns import _size_bytes
-
-    return max(32, _size_bytes(size) >> 20)
+    return max(32, parse_size(size, "memory size") >> 20)
 
 
 # -- recording dom0's host key once, on purpose ---------------------------------------------
