@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 
 import paramiko
@@ -45,13 +44,6 @@ class _Server(paramiko.ServerInterface):
             with contextlib.suppress(OSError, EOFError):  # the client may have gone already
                 channel.sendall(b"g000\n")
                 channel.send_exit_status(0)
-                # The client closes the channel once it has the status.  Closing it here could
-                # overtake the transport's reply to the exec request, and the client would
-                # see "Channel closed" instead of the command's result.
-                for _ in range(300):
-                    if channel.closed:
-                        return
-                    time.sleep(0.1)
                 channel.close()
 
         threading.Thread(target=answer, daemon=True).start()
@@ -100,6 +92,9 @@ def _accepting(handle: Callable[[socket.socket], None]) -> Iterator[int]:
 def ssh_server(host_key: paramiko.PKey, client_key: paramiko.PKey) -> Iterator[int]:
     """A real SSH server offering ``host_key`` and letting in root with ``client_key``."""
     transports: list[paramiko.Transport] = []
+    # Channels are held here: paramiko closes a Channel that nothing refers to any more, and
+    # the transport itself only keeps weak references.
+    channels: list[paramiko.Channel] = []
 
     def serve(conn: socket.socket) -> None:
         t = paramiko.Transport(conn)
@@ -107,7 +102,10 @@ def ssh_server(host_key: paramiko.PKey, client_key: paramiko.PKey) -> Iterator[i
         t.add_server_key(host_key)
         with contextlib.suppress(Exception):  # a client that gives up is not our failure
             t.start_server(server=_Server(client_key))
-            t.accept(timeout=30)
+            while t.is_active():
+                chan = t.accept(timeout=1)
+                if chan is not None:
+                    channels.append(chan)
 
     try:
         with _accepting(serve) as port:
