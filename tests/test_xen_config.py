@@ -215,6 +215,17 @@ def test_config_extra_command_line(specs: list[Any]) -> None:
     assert "init=/lib/systemd/systemd" in systemd and systemd[-1] == "quiet"
 
 
+def test_command_line_is_what_it_was(specs: list[Any]) -> None:
+    """Written by the one shared ``harness.plumbing.cmdline.guest_cmdline`` now: the domU
+    gets the same line, byte for byte, as from xlconfig's own copy before."""
+    base = ("console=hvc0 root=/dev/xvda ro rootfstype=ext4 panic=-1 net.ifnames=0 "
+            "hostname=g002 ip=10.213.9.4:::255.255.255.0:g002:eth0:off "
+            "overlayroot=disk:/dev/xvdb ")
+    assert guest_cmdline(specs[2]) == base + "init=/usr/lib/scalelab/init"
+    assert guest_cmdline(specs[2], systemd=True, extra="quiet") == (
+        base + "init=/lib/systemd/systemd systemd.show_status=false quiet")
+
+
 def test_xl_string_refuses_what_xl_cannot_parse() -> None:
     assert xl_string("a b,c=d") == '"a b,c=d"'
     for bad in ('a"b', "a\\b", "a\nb", "a\x00b"):

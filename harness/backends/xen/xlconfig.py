@@ -10,6 +10,7 @@ import jinja2
 from harness.errors import UserError
 from harness.identity import GuestSpec
 from harness.image.vm import GUEST_INIT
+from harness.plumbing import cmdline
 
 
 def xl_string(value: object) -> str:
@@ -33,22 +34,18 @@ def vif_spec(mac: str, bridge: str) -> str:
     return f"mac={mac},bridge={bridge}"
 
 
+#: A PV domU's console and disks, as the xl config's ``disk=`` lines name them.
+XEN_DEVICES = cmdline.BootDevices(console="hvc0", root="/dev/xvda", upper="/dev/xvdb")
+
+
 def guest_cmdline(spec: GuestSpec, *, systemd: bool = False, extra: str = "") -> str:
-    """The domU kernel command line, as the image's initramfs and lean init read it: the
-    shared root read-only, the domU's own disk as the overlay's upper layer, its name and
-    address (the kernel's ``ip=`` syntax, no gateway: a guest has no way out of the lab)."""
-    net = spec.ip.network
-    parts = [
-        "console=hvc0", "root=/dev/xvda", "ro", "rootfstype=ext4", "panic=-1",
-        "net.ifnames=0", f"hostname={spec.name}",
-        f"ip={spec.address}:::{net.netmask}:{spec.name}:eth0:off",
-        "overlayroot=disk:/dev/xvdb",
-    ]
-    parts += (["init=/lib/systemd/systemd", "systemd.show_status=false"] if systemd
-              else [f"init={GUEST_INIT}"])
-    if extra:
-        parts.append(extra)
-    return " ".join(parts)
+    """The domU kernel command line (the one every VM backend writes, with Xen's devices):
+    the shared root read-only, the domU's own disk as the overlay's upper layer, its name
+    and address."""
+    return cmdline.guest_cmdline(
+        hostname=spec.name, ip=spec.ip, devices=XEN_DEVICES,
+        init=cmdline.SYSTEMD_INIT if systemd else GUEST_INIT, extra=extra,
+    )
 
 
 @dataclass(frozen=True)
