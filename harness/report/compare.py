@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 
 from harness.errors import UserError
 from harness.report.export import PlotFile, save_figure, slug
-from harness.report.plots import latency_unit, n_axis, new_figure
+from harness.report.plots.figure import latency_unit, n_axis, new_figure
 from harness.report.rundata import RunData, load_run
 from harness.report.summary import series_stats
 from harness.report.templating import environment, write_page
