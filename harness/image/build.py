@@ -11,20 +11,20 @@ import hashlib
 import json
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from harness.errors import UserError
 from harness.image import cache
+from harness.image.commands import Progress, chroot_script, stream
 from harness.image.recipe import Recipe
-
-Progress = Callable[[str], None]
+from harness.image.vm import add_vm_parts
 
 #: The guest's sshd configuration, shared by every guest through the image.  Keys and the
 #: authorized key live in each guest's own writable layer.  PAM is off: the guest has no
@@ -93,27 +93,6 @@ def _line_progress(prefix: str) -> Progress:
     return show
 
 
-def _stream(argv: list[str], progress: Progress, what: str, log: Path) -> None:
-    """Run ``argv``, showing its latest line as progress and keeping all of it in ``log``."""
-    with log.open("ab") as logf:
-        logf.write(f"$ {shlex.join(argv)}\n".encode())
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        assert proc.stdout is not None
-        tail: list[str] = []
-        for raw in proc.stdout:
-            logf.write(raw)
-            line = raw.decode(errors="replace").rstrip()
-            if line:
-                tail = [*tail, line][-30:]
-                progress(f"{what}: {line[:100]}")
-        rc = proc.wait()
-    if rc != 0:
-        missing = [ln for ln in tail
-                   if "Couldn't find these debs" in ln or "Unable to locate" in ln]
-        reason = missing[-1] if missing else (tail[-1] if tail else f"exit status {rc}")
-        raise UserError(f"image build failed in {what}: {reason} (full log: {log})")
-
-
 @contextlib.contextmanager
 def _build_dir(root: Path, key: str) -> Iterator[Path]:
     """A scratch directory that is removed unless the build renames its result away."""
@@ -124,18 +103,6 @@ def _build_dir(root: Path, key: str) -> Iterator[Path]:
     finally:
         _guard_mounts(scratch)  # never rm -rf through a mount
         shutil.rmtree(scratch, ignore_errors=True)
-
-
-def chroot_script(rootfs: Path, script: str) -> list[str]:
-    """argv that runs ``script`` in ``rootfs`` with /proc, /sys and /dev inside a private
-    mount namespace, so none of those mounts can outlive the command."""
-    r = shlex.quote(str(rootfs))
-    inner = (
-        f"mount -t proc proc {r}/proc && mount -t sysfs sysfs {r}/sys && "
-        f"mount --rbind /dev {r}/dev && "
-        f"exec chroot {r} /bin/sh -ec {shlex.quote(script)}"
-    )
-    return ["unshare", "--mount", "--propagation", "private", "sh", "-ec", inner]
 
 
 def _apply_recipe(rootfs: Path, recipe: Recipe, progress: Progress, log: Path) -> None:
@@ -150,7 +117,7 @@ def _apply_recipe(rootfs: Path, recipe: Recipe, progress: Progress, log: Path) -
             dest.chmod(f.mode)
     env_prefix = "export DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8; "
     for i, step in enumerate(recipe.steps, 1):
-        _stream(chroot_script(rootfs, env_prefix + step), progress, f"step {i}", log)
+        stream(chroot_script(rootfs, env_prefix + step), progress, f"step {i}", log)
 
 
 def _scrub(rootfs: Path) -> None:
@@ -205,6 +172,103 @@ def require_tools(*tools: str) -> None:
         )
 
 
+def _debootstrap(recipe: Recipe, rootfs: Path, debs: Path, progress: Progress, log: Path) -> None:
+    """Install the recipe's suite and packages into ``rootfs``."""
+    stream(
+        [
+            # A private mount namespace: debootstrap mounts /proc and /sys in the target,
+            # and if it dies those mounts must not outlive it (or be rm -rf'ed through).
+            "unshare", "--mount", "--propagation", "private",
+            "debootstrap",
+            f"--variant={recipe.variant}",
+            # Downloaded .debs are kept between builds: a rebuild fetches nothing.
+            f"--cache-dir={debs}",
+            f"--include={','.join(recipe.all_packages())}",
+            recipe.suite,
+            str(rootfs),
+            str(recipe.mirror),
+        ],
+        progress,
+        "debootstrap",
+        log,
+    )
+
+
+def _customise(rootfs: Path, scratch: Path, recipe: Recipe, progress: Progress, log: Path) -> None:
+    """Turn the debootstrapped root into the shared guest root: the recipe's files and
+    steps, the VM parts if asked for, then everything per-guest scrubbed out."""
+    policy = rootfs / "usr/sbin/policy-rc.d"
+    policy.write_text("#!/bin/sh\nexit 101\n")  # no daemon starts inside the build
+    policy.chmod(0o755)
+    _apply_recipe(rootfs, recipe, progress, log)
+    if recipe.vm:
+        add_vm_parts(rootfs, scratch, progress, log)
+    _scrub(rootfs)
+    _guard_mounts(rootfs)
+    (rootfs / "etc/scalelab/services.json").write_text(json.dumps(list(recipe.services)))
+
+
+def _pack_ext4(rootfs: Path, img: Path, progress: Progress, log: Path) -> int:
+    """Pack ``rootfs`` into the read-only ext4 image ``img``; returns the rootfs size."""
+    size = _du_bytes(rootfs)
+    # Room for the filesystem's own metadata; the image is never written after this.
+    img_size = int(size * 1.15) + (64 << 20)
+    progress(f"packing {size >> 20} MiB into ext4")
+    stream(
+        [
+            "mkfs.ext4", "-q", "-F", "-L", "scalelab", "-m", "0", "-O", "^has_journal",
+            "-d", str(rootfs), str(img), str(img_size // 1024) + "k",
+        ],
+        progress,
+        "mkfs.ext4",
+        log,
+    )
+    shutil.rmtree(rootfs)
+    img.chmod(0o444)
+    return size
+
+
+def _manifest(key: str, img: Path, rootfs_bytes: int, recipe: Recipe, t0: float,
+              progress: Progress) -> dict[str, Any]:
+    """What the cache records about a built image (``cache.load`` checks the digest)."""
+    progress("computing digest")
+    digest = sha256_file(img)
+    st = img.stat()
+    return {
+        "key": key,
+        "digest": digest,
+        "size": st.st_size,
+        "mtime": int(st.st_mtime),
+        "rootfs_bytes": rootfs_bytes,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "build_seconds": round(time.monotonic() - t0, 1),
+        "recipe": recipe.describe(),
+    }
+
+
+def _publish(scratch: Path, final: Path) -> None:
+    """Rename the finished build into place, replacing a previous image of the same key."""
+    if final.exists():
+        shutil.rmtree(final)
+    scratch.rename(final)
+    scratch.mkdir()  # so the build dir's cleanup finds something to remove
+
+
+def _build_log(root: Path | None, key: str) -> Path:
+    """An empty log for this build, outside the scratch dir: it must outlive a failed build."""
+    logs = (root or cache.cache_dir()) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log = logs / f"{key}.log"
+    log.write_text("")
+    return log
+
+
+def _check_can_build() -> None:
+    if os.geteuid() != 0:
+        raise UserError("building an image needs root (debootstrap, chroot): run it as root")
+    require_tools("debootstrap", "mkfs.ext4", "unshare")
+
+
 def build(
     recipe: Recipe,
     *,
@@ -219,84 +283,22 @@ def build(
     existing = cache.load(key, root)
     if existing is not None and not force:
         return existing, False
-    if os.geteuid() != 0:
-        raise UserError("building an image needs root (debootstrap, chroot): run it as root")
-    require_tools("debootstrap", "mkfs.ext4", "unshare")
+    _check_can_build()
     progress = progress or _line_progress(f"image {key}: ")
     images = cache.images_root(root)
     t0 = time.monotonic()
     debs = (root or cache.cache_dir()) / "debs" / recipe.suite
     debs.mkdir(parents=True, exist_ok=True)
-    logs = (root or cache.cache_dir()) / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    log = logs / f"{key}.log"  # outside the scratch dir: it must outlive a failed build
-    log.write_text("")
+    log = _build_log(root, key)
     with _build_dir(images, key) as scratch:
         rootfs = scratch / "rootfs"
-        _stream(
-            [
-                # A private mount namespace: debootstrap mounts /proc and /sys in the target,
-                # and if it dies those mounts must not outlive it (or be rm -rf'ed through).
-                "unshare", "--mount", "--propagation", "private",
-                "debootstrap",
-                f"--variant={recipe.variant}",
-                # Downloaded .debs are kept between builds: a rebuild fetches nothing.
-                f"--cache-dir={debs}",
-                f"--include={','.join(recipe.all_packages())}",
-                recipe.suite,
-                str(rootfs),
-                str(recipe.mirror),
-            ],
-            progress,
-            "debootstrap",
-            log,
-        )
-        policy = rootfs / "usr/sbin/policy-rc.d"
-        policy.write_text("#!/bin/sh\nexit 101\n")  # no daemon starts inside the build
-        policy.chmod(0o755)
-        _apply_recipe(rootfs, recipe, progress, log)
-        if recipe.vm:
-            from harness.image.vm import add_vm_parts
-
-            add_vm_parts(rootfs, scratch, progress, log)
-        _scrub(rootfs)
-        _guard_mounts(rootfs)
-        (rootfs / "etc/scalelab/services.json").write_text(json.dumps(list(recipe.services)))
-        size = _du_bytes(rootfs)
-        # Room for the filesystem's own metadata; the image is never written after this.
-        img_size = int(size * 1.15) + (64 << 20)
+        _debootstrap(recipe, rootfs, debs, progress, log)
+        _customise(rootfs, scratch, recipe, progress, log)
         img = scratch / cache.IMAGE_FILE
-        progress(f"packing {size >> 20} MiB into ext4")
-        _stream(
-            [
-                "mkfs.ext4", "-q", "-F", "-L", "scalelab", "-m", "0", "-O", "^has_journal",
-                "-d", str(rootfs), str(img), str(img_size // 1024) + "k",
-            ],
-            progress,
-            "mkfs.ext4",
-            log,
-        )
-        shutil.rmtree(rootfs)
-        img.chmod(0o444)
-        progress("computing digest")
-        digest = sha256_file(img)
-        st = img.stat()
-        manifest = {
-            "key": key,
-            "digest": digest,
-            "size": st.st_size,
-            "mtime": int(st.st_mtime),
-            "rootfs_bytes": size,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "build_seconds": round(time.monotonic() - t0, 1),
-            "recipe": recipe.describe(),
-        }
+        size = _pack_ext4(rootfs, img, progress, log)
+        manifest = _manifest(key, img, size, recipe, t0, progress)
         (scratch / cache.MANIFEST).write_text(json.dumps(manifest, indent=2))
-        final = images / key
-        if final.exists():
-            shutil.rmtree(final)
-        scratch.rename(final)
-        scratch.mkdir()  # so the context manager's cleanup finds something to remove
+        _publish(scratch, images / key)
     sys.stderr.write("\n" if sys.stderr.isatty() else "")
     image = cache.load(key, root)
     assert image is not None

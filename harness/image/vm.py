@@ -27,7 +27,7 @@ import shutil
 from pathlib import Path
 
 from harness.errors import UserError
-from harness.image.build import Progress, _stream, chroot_script
+from harness.image.commands import Progress, chroot_script, stream
 
 #: Where the scripts shipped with the package live.
 ASSETS = Path(__file__).parent / "initramfs"
@@ -120,7 +120,7 @@ def add_vm_parts(rootfs: Path, scratch: Path, progress: Progress, log: Path) -> 
     initrd = rootfs / "boot" / f"initrd.img-{version}"
     initrd.unlink(missing_ok=True)
     progress(f"building the initramfs for {version}")
-    _stream(
+    stream(
         chroot_script(rootfs, f"update-initramfs -c -k {version}"),
         progress,
         "update-initramfs",

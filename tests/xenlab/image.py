@@ -20,7 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.image.build import chroot_script, host_mirror
+from harness.image.build import host_mirror
+from harness.image.commands import chroot_script
 
 ROOT = Path("/var/cache/scalelab/xenlab")
 BUILDER_VERSION = 1
