@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.config import build_config
-from harness.lab import preflight_lab
+from harness.preflight import preflight_lab
 from harness.runinfo import machine_info
 from harness.session import Session
 

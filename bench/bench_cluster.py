@@ -21,7 +21,7 @@ from pathlib import Path
 from harness.cluster import connect
 from harness.cluster.plan import parse_cluster
 from harness.config import build_config
-from harness.lab import preflight_lab
+from harness.preflight import preflight_lab
 from harness.runinfo import machine_info
 from harness.session import Session
 

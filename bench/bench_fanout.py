@@ -53,7 +53,8 @@ from benchlib import (
 
 from harness.backends.base import Guest
 from harness.config import build_config
-from harness.lab import Lab, preflight_lab
+from harness.lab import Lab
+from harness.preflight import preflight_lab
 from harness.session import Session
 from harness.ssh import (
     Fleet,

@@ -48,7 +48,7 @@ from peers import PEERS, LabNet, Peer, bring_up, write_identity
 from harness.config import build_config
 from harness.identity import KeyPair, choose_subnet, make_specs
 from harness.image.build import sha256_file
-from harness.lab import preflight_lab
+from harness.preflight import preflight_lab
 from harness.session import Session
 from harness.ssh import load_private_key
 

@@ -27,6 +27,7 @@ PROJECT = HERE.parent
 if str(PROJECT) not in sys.path:  # run from a checkout, uninstalled
     sys.path.insert(0, str(PROJECT))
 
+from harness.plumbing import host  # noqa: E402
 from harness.runinfo import machine_info  # noqa: E402
 
 
@@ -139,28 +140,23 @@ def trap_signals() -> None:
         signal.signal(sig, _raise_interrupt)
 
 
-def run(argv: Sequence[str], stdin: str | None = None, check: bool = True,
-        env: dict[str, str] | None = None) -> str:
-    """Run a command; a failure raises RuntimeError with its stderr."""
-    out = subprocess.run(list(argv), input=stdin, capture_output=True, text=True, check=False,
-                         env=env)
-    if check and out.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv[:4])}… exited {out.returncode}: "
-                           f"{out.stderr.strip()[-400:]}")
-    return out.stdout
+def run(argv: Sequence[str], stdin: str | None = None, check: bool = True) -> str:
+    """A command's stdout (the harness's own host runner); with ``check`` a failure raises
+    LabError naming the command and what it said."""
+    if check:
+        return host.check(argv, stdin=stdin)
+    return host.run(argv, stdin=stdin).stdout
 
 
 def ip_batch(lines: Sequence[str], force: bool = False) -> None:
     """One ``ip -batch`` for many link/netns commands."""
-    if lines:
-        argv = ["ip", "-force", "-batch", "-"] if force else ["ip", "-batch", "-"]
-        run(argv, "\n".join(lines) + "\n", check=not force)
+    host.ip_batch(lines, force=force)
 
 
 def umount(path: Path) -> None:
     """Unmount (lazily if busy); missing mounts are fine."""
-    if subprocess.run(["umount", str(path)], capture_output=True, check=False).returncode:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+    if not host.run(["umount", str(path)]).ok:
+        host.run(["umount", "-l", str(path)])
 
 
 def mount_image_ro(image: Path, where: Path, cleanup: Cleanup) -> Path:

@@ -148,7 +148,7 @@ def _terminal_progress(total: int, started: int, ready: int, failed: int) -> Non
 
 
 def _up(args: argparse.Namespace) -> int:
-    from harness.lab import preflight_lab
+    from harness.preflight import preflight_lab
     from harness.session import Session
 
     given = {o.name: getattr(args, o.name) for o in OPTIONS}
@@ -202,9 +202,13 @@ def _down(args: argparse.Namespace) -> int:
 
 
 def _clean(args: argparse.Namespace) -> int:
-    from harness.runs import find_run, list_runs
+    from harness.runs import list_runs, select
 
-    runs = [find_run(args.run)] if args.run else list_runs()
+    if args.run:
+        chosen = select(args.run)
+        runs = [chosen] if chosen is not None else []
+    else:
+        runs = list_runs()
     cleaned = 0
     failed = 0
     for run in runs:

@@ -5,9 +5,11 @@ Every fault is a row with ``phase="fault"``, ``op`` its kind, ``guest`` its targ
 (Jepsen does this).  A killed guest is also recorded as ``phase="lost"`` and removed from
 the fleet, so the rest of the run goes on without it.
 
-Which faults a backend supports is in its ``faults`` set; asking for another one raises
-``FaultNotSupported`` naming the backend.  netem (delay, loss) is not in this host's
-kernel, so bandwidth limits use tc ``tbf`` only.
+Which faults a backend supports is in its ``faults`` set and its capabilities
+(``harness.backends.base``); every fault goes through the one dispatcher,
+``harness.backends.inject``, which refuses another one with ``FaultNotSupported`` naming the
+backend.  netem (delay, loss) is not in this host's kernel, so bandwidth limits use tc
+``tbf`` only.
 """
 
 from __future__ import annotations
@@ -21,12 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.backends.base import Backend, FaultNotSupported, Guest
+from harness.backends.inject import FaultAction, inject, require
 from harness.errors import UserError
 from harness.ssh import Fleet
 from harness.store import Recorder
-
-#: What each backend can do, for the README's table and for clear refusals.
-FAULT_KINDS = ("kill", "pause", "isolate", "partition", "bandwidth")
 
 
 def netem_available() -> bool:
@@ -59,12 +59,8 @@ class Nemesis:
                 return g
         raise UserError(f"no guest {name!r} in this lab")
 
-    def _require(self, kind: str) -> None:
-        if kind not in self.backend.faults:
-            raise FaultNotSupported(
-                f"the {self.backend.name} backend cannot inject '{kind}' faults "
-                f"(it supports: {', '.join(sorted(self.backend.faults)) or 'none'})"
-            )
+    def _guests(self, names: Sequence[str]) -> list[Guest]:
+        return [self._guest(n) for n in names]
 
     def _begin(self, kind: str, guests: Sequence[str], detail: str = "") -> _Open:
         f = _Open(kind, list(guests), time.time_ns(), detail)
@@ -85,10 +81,10 @@ class Nemesis:
 
     def kill(self, names: Sequence[str]) -> None:
         """Kill guests outright; they are lost for the rest of the run."""
-        self._require("kill")
+        require(self.backend, "kill")
         t = time.time_ns()
         for name in names:
-            self.backend.kill(self._guest(name))
+            inject(self.backend, FaultAction.KILL, [self._guest(name)])
             now = time.time_ns()
             self.recorder.timing("kill", t, now, guest=name, phase="fault")
             self.recorder.timing("lost", now, now, guest=name, phase="lost", ok=False,
@@ -103,57 +99,51 @@ class Nemesis:
     @contextlib.contextmanager
     def paused(self, names: Sequence[str]) -> Iterator[None]:
         """Freeze guests for the ``with`` block (every process stopped, sockets kept)."""
-        self._require("pause")
+        require(self.backend, "pause")
         f = self._begin("pause", names)
-        for n in names:
-            self.backend.pause(self._guest(n))
+        inject(self.backend, FaultAction.PAUSE, self._guests(names))
         try:
             yield
         finally:
-            for n in names:
-                self.backend.resume(self._guest(n))
+            inject(self.backend, FaultAction.RESUME, self._guests(names))
             self._end(f)
 
     @contextlib.contextmanager
     def isolated(self, names: Sequence[str]) -> Iterator[None]:
         """Cut guests off the lab network for the ``with`` block."""
-        self._require("isolate")
+        require(self.backend, "isolate")
         f = self._begin("isolate", names)
-        self.backend.isolate([self._guest(n) for n in names])
+        inject(self.backend, FaultAction.ISOLATE, self._guests(names))
         try:
             yield
         finally:
-            self.backend.heal()
+            inject(self.backend, FaultAction.HEAL, [])
             self._end(f)
 
     @contextlib.contextmanager
     def partitioned(self, side_a: Sequence[str], side_b: Sequence[str]) -> Iterator[None]:
         """Drop all traffic between two groups of guests (each group still talks inside)."""
-        self._require("partition")
-        partition = getattr(self.backend, "partition", None)
-        if partition is None:
-            raise FaultNotSupported(f"the {self.backend.name} backend cannot partition")
+        require(self.backend, "partition")
         f = self._begin("partition", [*side_a, *side_b],
                         f"{','.join(side_a)} | {','.join(side_b)}")
-        partition([self._guest(n) for n in side_a], [self._guest(n) for n in side_b])
+        inject(self.backend, FaultAction.PARTITION, self._guests(side_a),
+               others=self._guests(side_b))
         try:
             yield
         finally:
-            self.backend.heal()
+            inject(self.backend, FaultAction.HEAL, [])
             self._end(f)
 
     @contextlib.contextmanager
     def bandwidth(self, names: Sequence[str], rate: str) -> Iterator[None]:
         """Limit guests' bandwidth (tc tbf, both directions) for the ``with`` block."""
-        self._require("bandwidth")
+        require(self.backend, "bandwidth")
         f = self._begin("bandwidth", names, rate)
-        for n in names:
-            self.backend.limit_bandwidth(self._guest(n), rate)
+        inject(self.backend, FaultAction.LIMIT, self._guests(names), rate=rate)
         try:
             yield
         finally:
-            for n in names:
-                self.backend.unlimit_bandwidth(self._guest(n))
+            inject(self.backend, FaultAction.UNLIMIT, self._guests(names))
             self._end(f)
 
     def delay(self, names: Sequence[str], ms: float) -> None:
@@ -206,29 +196,13 @@ def cli_fault(args: Any) -> int:
     from harness.backends.netns import attach
 
     names = list(args.guests)
-    backend, recorder = attach(args.run, names)
-    nem = Nemesis(backend, recorder)
     if args.action != "heal" and not names:
         raise UserError(f"scalelab fault {args.action}: name at least one guest")
+    backend, recorder = attach(args.run, names)
+    nem = Nemesis(backend, recorder)
     if args.action == "kill":
-        nem.kill(names)
-    elif args.action == "pause":
-        nem._require("pause")
-        for n in names:
-            backend.pause(nem._guest(n))
-    elif args.action == "resume":
-        for n in names:
-            backend.resume(nem._guest(n))
-    elif args.action == "isolate":
-        nem._require("isolate")
-        backend.isolate([nem._guest(n) for n in names])
-    elif args.action == "heal":
-        backend.heal()
-    elif args.action == "limit":
-        for n in names:
-            backend.limit_bandwidth(nem._guest(n), args.rate)
-    elif args.action == "unlimit":
-        for n in names:
-            backend.unlimit_bandwidth(nem._guest(n))
+        nem.kill(names)  # recorded: the guest is lost for the rest of the run
+    else:
+        inject(backend, args.action, nem._guests(names), rate=args.rate)
     print(f"{args.action}: {' '.join(names) or 'all'} done")
     return 0

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -24,13 +23,12 @@ from typing import Any
 import paramiko
 
 from harness.backends import load_backend, parse_backend
-from harness.backends.base import Backend, Guest, RunContext
+from harness.backends.base import Backend, Guest, HasFootprint, HasJumpHosts, RunContext
 from harness.config import LabConfig
-from harness.errors import LabError, UserError
+from harness.errors import LabError
 from harness.identity import GuestSpec, KeyPair, choose_subnet, make_specs, preflight
 from harness.image import cache
-from harness.image.build import build
-from harness.image.recipe import load_recipe
+from harness.image.ensure import ensure_image
 from harness.ssh import (
     Fleet,
     GuestError,
@@ -56,37 +54,6 @@ DEFAULT_LAB = "default"
 def name_label(lab: str) -> str:
     """What a lab's guest names start with: nothing for the default lab, ``<lab>-`` else."""
     return "" if lab == DEFAULT_LAB else f"{lab}-"
-
-
-def ensure_image(config: LabConfig, progress: Callable[[str], None] | None = None,
-                 vm: bool = False) -> cache.Image:
-    """The image the config names, or the recipe's image (built now if not cached)."""
-    if config.image:
-        image = cache.resolve(config.image)
-    else:
-        recipe = load_recipe(Path(config.recipe) if config.recipe else None, config.project_dir)
-        if vm:
-            recipe = recipe.with_vm()
-        image, _ = build(recipe, progress=progress)
-    image.check()
-    return image
-
-
-def preflight_lab(config: LabConfig, n_guests: int) -> cache.Image:
-    """Every check that can fail on the user's input, before anything is created."""
-    if config.cluster:
-        # A lab spread over lab hosts: their checks (Dask is imported only here).
-        from harness.cluster.preflight import preflight_cluster
-
-        return preflight_cluster(config, n_guests)
-    backend = load_backend(parse_backend(config.backend))
-    if backend.requires_root and os.geteuid() != 0:
-        raise UserError(f"the {backend.name} backend needs root (namespaces, mounts, network "
-                        "devices): run as root")
-    image = ensure_image(config, vm=backend.name in ("qemu", "xen"))
-    backend.check(image, n_guests)
-    choose_subnet(config.subnet, n_guests)
-    return image
 
 
 @dataclass
@@ -166,7 +133,7 @@ class Lab:
 
     def _start(self, n: int, min_ready: float, t0: float) -> list[Guest]:
         cfg = self.config
-        image = self.image or ensure_image(cfg, vm=self.backend.name in ("qemu", "xen"))
+        image = self.image or ensure_image(cfg, vm=self.backend.needs_vm_image)
         self.image = image
         self.backend.check(image, n)
         subnet = choose_subnet(cfg.subnet, n)
@@ -268,10 +235,9 @@ class Lab:
 
     def _record_footprint(self) -> None:
         """Per-guest memory and copy-on-write bytes, as metric rows."""
-        footprint = getattr(self.backend, "footprint", None)
-        if footprint is None:
+        if not isinstance(self.backend, HasFootprint):
             return
-        for name, values in footprint(self.guests).items():
+        for name, values in self.backend.footprint(self.guests).items():
             for metric, (value, unit) in values.items():
                 self.recorder.metric(metric, value, unit=unit, guest=name)
 
@@ -364,7 +330,8 @@ class _ReadyWaiter:
                 return
             self.submitted.add(guest.name)
             # Read now: a backend sets its jump clients in prepare().
-            jumps = getattr(self.lab.backend, "jump_clients", {})
+            backend = self.lab.backend
+            jumps = backend.jump_clients if isinstance(backend, HasJumpHosts) else {}
             fut = self.pool.submit(
                 connect_ready, guest, self.key, host_keys_for([guest]), self.gate,
                 self.lab._phase, self.opts, jumps, functools.partial(self._dead, guest))

@@ -15,12 +15,14 @@ from typing import Any
 
 import pytest
 
-from harness.backends import parse_backend
+from harness.backends import backend_class, parse_backend
 from harness.backends.base import Guest
 from harness.config import OPTIONS, LabConfig, build_config
 from harness.errors import LabError, UserError
 from harness.faults import Nemesis
-from harness.lab import DEFAULT_LAB, Lab, ensure_image, preflight_lab
+from harness.image.ensure import ensure_image
+from harness.lab import DEFAULT_LAB, Lab
+from harness.preflight import preflight_lab
 from harness.session import Session
 from harness.ssh import Fleet
 from harness.store import Recorder
@@ -252,7 +254,7 @@ def lab(request: pytest.FixtureRequest, _lab_pool: dict[str, Lab],
             else:
                 image = ensure_image(
                     dataclasses.replace(lab_config, recipe=str(recipe), image=None),
-                    vm=parse_backend(lab_config.backend).scheme in ("qemu", "xen"),
+                    vm=backend_class(parse_backend(lab_config.backend)).needs_vm_image,
                 )
                 the_lab = scalelab_session.lab_up(
                     lab_config.max_guests, image=image,

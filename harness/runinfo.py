@@ -130,11 +130,3 @@ def write_run_json(run_dir: Path, info: dict[str, Any]) -> Path:
     tmp.write_text(json.dumps(info, indent=2, default=str) + "\n")
     os.replace(tmp, path)
     return path
-
-
-def read_run_json(run_dir: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((run_dir / "run.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}

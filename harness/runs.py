@@ -113,15 +113,30 @@ def list_runs() -> list[Run]:
     return sorted(runs, key=lambda r: r.created)
 
 
+def _named(run: Run, ref: str) -> bool:
+    here = Path(ref)
+    return Path(ref).name == run.run_id or bool(
+        here.exists() and run.run_dir and here.resolve() == Path(run.run_dir))
+
+
 def find_run(ref: str) -> Run:
-    """The run named by ``ref``: a run id, one of its labs' ids, or its run directory."""
-    want = Path(ref).name
+    """The whole run named by ``ref``: a run id, one of its labs' ids, or its run directory."""
     for run in list_runs():
-        if want == run.run_id or any(want == lab.state.run_id for lab in run.labs):
-            return run
-        if Path(ref).exists() and run.run_dir and Path(ref).resolve() == Path(run.run_dir):
+        if _named(run, ref) or any(Path(ref).name == lab.state.run_id for lab in run.labs):
             return run
     raise UserError(f"no run {ref!r} has labs on this host (see `scalelab ls`)")
+
+
+def select(ref: str) -> Run | None:
+    """What ``ref`` names, for ``scalelab clean``: a whole run, or only the lab whose id it
+    is (a lost lab host's shard, say), or None when nothing of it is left here."""
+    for run in list_runs():
+        if _named(run, ref):
+            return run
+        labs = tuple(lab for lab in run.labs if Path(ref).name == lab.state.run_id)
+        if labs:
+            return Run(run.run_id, labs)
+    return None
 
 
 def newest_kept_run() -> Run | None:

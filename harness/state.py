@@ -16,13 +16,14 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from harness.plumbing import host, nft
 
 STATE_ROOT = Path(os.environ.get("SCALELAB_STATE_ROOT", "/run/scalelab"))
 JOURNAL = "state.jsonl"
@@ -160,10 +161,6 @@ def list_states() -> list[RunState]:
 # -- removal of each kind of resource ---------------------------------------------------
 
 
-def _run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
-
-
 def _mounted(path: str) -> bool:
     with open("/proc/self/mountinfo") as f:
         return any(line.split()[4] == path for line in f)
@@ -266,7 +263,7 @@ def _remove_links(group: list[Resource]) -> list[str]:
     def batch(lines: list[str]) -> None:
         if lines:
             # -force goes on past lines that fail (a link already gone with its namespace).
-            _run(["ip", "-force", "-batch", "-"], "\n".join(lines) + "\n")
+            host.ip_batch(lines, force=True)
 
     namespaces = [r for r in group if r.kind == "netns" and exists(r)]
     links = [r for r in group if r.kind == "link"]
@@ -330,25 +327,24 @@ def _remove_one(res: Resource) -> None:
     elif kind == "mount":
         path = str(res.get("path"))
         if _mounted(path):
-            out = _run(["umount", path])
-            if out.returncode != 0 and _mounted(path):
-                out = _run(["umount", "-l", path])
-                if out.returncode != 0:
-                    raise RuntimeError(out.stderr.strip())
+            out = host.run(["umount", path])
+            if not out.ok and _mounted(path):
+                out = host.run(["umount", "-l", path])
+                if not out.ok:
+                    raise RuntimeError(out.message())
     elif kind == "loop":
         dev, backing = str(res.get("device", "")), str(res.get("backing", ""))
         if dev and _loop_backing(dev) == backing:
-            out = _run(["losetup", "-d", dev])
-            if out.returncode != 0 and _loop_backing(dev) == backing:
-                raise RuntimeError(out.stderr.strip())
+            out = host.run(["losetup", "-d", dev])
+            if not out.ok and _loop_backing(dev) == backing:
+                raise RuntimeError(out.message())
     elif kind == "dir":
         directory = Path(str(res.get("path")))
         if directory.exists() and not _mounted(str(directory)):
             shutil.rmtree(directory, ignore_errors=True)
     elif kind == "nft":
         table, family = str(res.get("table")), str(res.get("family", "inet"))
-        if _run(["nft", "list", "table", family, table]).returncode == 0:
-            _run(["nft", "delete", "table", family, table])
+        nft.delete_table(family, table)
     elif kind == "callback":
         # Backends with remote resources (xen) register an importable cleanup function.
         module, _, func = str(res.get("target")).partition(":")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from harness.backends.base import HasFootprint
 from harness.lab import Lab
 from harness.quorum import check_quorum
 from harness.store import Recorder
@@ -16,10 +17,10 @@ def test_cow_writes(agents: Agents, lab: Lab, recorder: Recorder, quorum: float)
     group = agents.python("cowwrite", 16, 65536)
     check_quorum(group, quorum)
     # How much each guest's own layer holds now: what N guests cost on the host.
-    footprint = getattr(lab.backend, "footprint", None)
-    if footprint is not None:
+    if isinstance(lab.backend, HasFootprint):
         names = set(agents.fleet.names)
-        for name, values in footprint([g for g in lab.guests if g.name in names]).items():
+        chosen = [g for g in lab.guests if g.name in names]
+        for name, values in lab.backend.footprint(chosen).items():
             if "upper_bytes" in values:
                 recorder.metric("upper_bytes_after_writes", values["upper_bytes"][0],
                                 unit="B", guest=name)

@@ -10,7 +10,7 @@ from leaks import PROJECT, Snapshot, snapshot
 
 from harness.config import build_config
 from harness.image.cache import Image
-from harness.lab import ensure_image
+from harness.image.ensure import ensure_image
 
 __all__ = ["PROJECT", "Snapshot", "snapshot"]
 

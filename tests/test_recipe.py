@@ -14,8 +14,9 @@ from harness.config import build_config
 from harness.errors import UserError
 from harness.image import cache
 from harness.image.build import build
+from harness.image.ensure import ensure_image
 from harness.image.recipe import Recipe, load_recipe
-from harness.lab import Lab, ensure_image
+from harness.lab import Lab
 from harness.session import Session
 
 NGINX = PROJECT / "scenarios" / "recipes" / "nginx.toml"

@@ -12,8 +12,8 @@ from leaks import PROJECT
 
 from harness.config import build_config
 from harness.image.cache import Image
+from harness.image.ensure import ensure_image
 from harness.image.vm import ASSETS, GUEST_INIT, vm_info
-from harness.lab import ensure_image
 
 pytestmark = pytest.mark.vm
 

@@ -53,10 +53,16 @@ def parse_backend(text: str) -> BackendURL:
     return BackendURL(scheme, options, parts.username, parts.hostname, port)
 
 
-def load_backend(url: BackendURL) -> Backend:
+def backend_class(url: BackendURL) -> type[Backend]:
+    """The class of ``url``'s backend (its module imported now, not before): what it states
+    about itself (``needs_vm_image``, ``requires_root``) without making one."""
     module_name, _, cls_name = BACKENDS[url.scheme].rpartition(".")
-    module = importlib.import_module(module_name)
-    cls = getattr(module, cls_name)
+    cls: type[Backend] = getattr(importlib.import_module(module_name), cls_name)
+    return cls
+
+
+def load_backend(url: BackendURL) -> Backend:
+    cls = backend_class(url)
     options = dict(url.options)
     if url.host:
         options["host"] = url.host

@@ -1,7 +1,13 @@
-"""The backend interface: turn a list of GuestSpec into running guests and take them down.
+"""The backend contract: turn a list of GuestSpec into running guests and take them down.
 
-Modelled on testinfra's registry (scheme → dotted path, imported lazily) and enoslib's
-provider lifecycle (``up``/``down``, usable as a context manager).
+``Backend`` is what every backend does (check, prepare, up, down, dead) and what it states
+about itself (``needs_vm_image``, ``requires_root``, ``mac_oui``, ``faults``).  What only some
+backends can do is a capability: a small runtime-checkable ``Protocol`` below (kill, pause,
+isolate, partition, bandwidth, footprint, jump hosts, a host bridge).  Callers ask
+``isinstance(backend, CanPause)``, never ``getattr``; a new capability is a new Protocol here.
+
+Modelled on testinfra's registry (scheme → dotted path, imported lazily), enoslib's provider
+lifecycle (``up``/``down``, usable as a context manager) and pytest-xdist's typed Protocols.
 """
 
 from __future__ import annotations
@@ -12,7 +18,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
+
+import paramiko
 
 from harness.identity import GuestSpec
 from harness.image.cache import Image
@@ -80,10 +88,13 @@ class RunContext:
 
 class Backend(abc.ABC):
     name: str = ""
-    #: Faults this backend can inject, e.g. {"kill", "pause", "isolate", "bandwidth"}.
+    #: Faults this backend declares, e.g. {"kill", "pause", "isolate", "bandwidth"}; each
+    #: is one of FAULT_CAPABILITIES and the class implements that Protocol (a test checks).
     faults: frozenset[str] = frozenset()
     #: Whether bringing guests up needs root on this host.
     requires_root: bool = True
+    #: Whether guests boot a kernel: the image must carry a kernel and an initramfs.
+    needs_vm_image: bool = False
     #: MAC OUI the backend wants (None: locally administered).
     mac_oui: tuple[int, int, int] | None = None
 
@@ -111,14 +122,6 @@ class Backend(abc.ABC):
         """What run.json records about this backend."""
         return {"name": self.name, "options": self.options, "faults": sorted(self.faults)}
 
-    def guest_memory(self, guest: Guest) -> int | None:
-        """Bytes of memory the guest uses now, when the backend can tell."""
-        return None
-
-    def upper_bytes(self, guest: Guest) -> int | None:
-        """Bytes used by the guest's copy-on-write layer, when the backend can tell."""
-        return None
-
     def dead(self, guest: Guest) -> str | None:
         """Why ``guest`` can no longer come up (its process has exited), or None.
 
@@ -126,29 +129,6 @@ class Backend(abc.ABC):
         fails at once instead of after the whole ``--ready-timeout``.
         """
         return None
-
-    # -- fault hooks used by the nemesis ------------------------------------------------
-
-    def kill(self, guest: Guest) -> None:
-        raise FaultNotSupported(f"{self.name}: kill is not supported")
-
-    def pause(self, guest: Guest) -> None:
-        raise FaultNotSupported(f"{self.name}: pause is not supported")
-
-    def resume(self, guest: Guest) -> None:
-        raise FaultNotSupported(f"{self.name}: resume is not supported")
-
-    def isolate(self, guests: Sequence[Guest], others: Sequence[Guest] | None = None) -> None:
-        raise FaultNotSupported(f"{self.name}: isolate is not supported")
-
-    def heal(self) -> None:
-        raise FaultNotSupported(f"{self.name}: heal is not supported")
-
-    def limit_bandwidth(self, guest: Guest, rate: str) -> None:
-        raise FaultNotSupported(f"{self.name}: bandwidth limits are not supported")
-
-    def unlimit_bandwidth(self, guest: Guest) -> None:
-        raise FaultNotSupported(f"{self.name}: bandwidth limits are not supported")
 
     def __enter__(self) -> Backend:
         return self
@@ -160,6 +140,89 @@ class Backend(abc.ABC):
         tb: TracebackType | None,
     ) -> None:
         self.down()
+
+
+# -- capabilities: what only some backends can do ---------------------------------------------
+
+
+@runtime_checkable
+class CanKill(Protocol):
+    def kill(self, guest: Guest) -> None:
+        """Kill the guest outright (it is lost for the rest of the run)."""
+
+
+@runtime_checkable
+class CanPause(Protocol):
+    def pause(self, guest: Guest) -> None:
+        """Freeze every process of the guest, keeping its state and sockets."""
+
+    def resume(self, guest: Guest) -> None: ...
+
+
+@runtime_checkable
+class CanIsolate(Protocol):
+    def isolate(self, guests: Sequence[Guest]) -> None:
+        """Cut the guests off the lab network (the host loses them too)."""
+
+    def heal(self) -> None:
+        """Undo every isolation and partition of the lab."""
+
+
+@runtime_checkable
+class CanPartition(Protocol):
+    def partition(self, side_a: Sequence[Guest], side_b: Sequence[Guest]) -> None:
+        """Drop traffic between two groups; each still talks inside, the host to both."""
+
+    def heal(self) -> None: ...
+
+
+@runtime_checkable
+class CanLimitBandwidth(Protocol):
+    def limit_bandwidth(self, guest: Guest, rate: str) -> None:
+        """Limit the guest's traffic both ways to ``rate`` (tc's syntax: 1mbit)."""
+
+    def unlimit_bandwidth(self, guest: Guest) -> None: ...
+
+
+#: Footprint values: guest → metric → (value, unit).
+Footprint = dict[str, dict[str, tuple[float, str]]]
+
+
+@runtime_checkable
+class HasFootprint(Protocol):
+    def footprint(self, guests: Sequence[Guest]) -> Footprint:
+        """What each guest costs the host now (memory, copy-on-write bytes)."""
+
+
+@runtime_checkable
+class HasJumpHosts(Protocol):
+    """Guests reached through jump hosts (xen's dom0): their open connections, set by
+    ``prepare`` and read by the readiness wait."""
+
+    jump_clients: dict[Jump, paramiko.SSHClient]
+
+
+@runtime_checkable
+class HasHostBridge(Protocol):
+    """Guests on a Linux bridge of this host (netns, qemu taps): the cluster routes between
+    the shards of one host through it."""
+
+    bridge: str
+
+
+#: Fault kind (as in ``Backend.faults``) → the capability that injects it.
+FAULT_CAPABILITIES: dict[str, type] = {
+    "kill": CanKill,
+    "pause": CanPause,
+    "isolate": CanIsolate,
+    "partition": CanPartition,
+    "bandwidth": CanLimitBandwidth,
+}
+
+
+def capable_faults(cls: type[Backend]) -> frozenset[str]:
+    """The fault kinds whose capability the backend class ``cls`` implements."""
+    return frozenset(k for k, proto in FAULT_CAPABILITIES.items() if issubclass(cls, proto))
 
 
 def now_ns() -> int:

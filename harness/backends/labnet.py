@@ -8,7 +8,6 @@ no route, no NAT, no forwarding to the outside.
 from __future__ import annotations
 
 import os
-import shlex
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -79,10 +78,6 @@ def tap_lines(tap: str, bridge: str, spec: GuestSpec) -> list[str]:
         f"link set {tap} master {bridge} up",
         f"neigh replace {spec.address} lladdr {spec.mac} dev {bridge} nud permanent",
     ]
-
-
-def set_link(name: str, up: bool) -> None:
-    ip_batch([f"link set {shlex.quote(name)} {'up' if up else 'down'}"])
 
 
 def partition_ruleset(table: str, side_a: Sequence[str], side_b: Sequence[str]) -> str:

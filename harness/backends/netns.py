@@ -21,12 +21,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.backends import labnet
 from harness.backends.base import Backend, Guest, RunContext, now_ns
-from harness.errors import LabError, UserError
+from harness.errors import UserError
 from harness.guestfiles import write_guest_files
 from harness.identity import GuestSpec, run_tag
 from harness.image.cache import Image
+from harness.plumbing import host, nft, tc
 from harness.plumbing.units import parse_size
 from harness.state import proc_start_time, teardown
 
@@ -196,7 +196,7 @@ class NetnsBackend(Backend):
         base.mkdir()
         # mount -o loop sets autoclear: the loop device goes away with the mount.
         self._record("mount", path=str(base))
-        self._run(["mount", "-o", "loop,ro,noload", str(image.path), str(base)])
+        host.check(["mount", "-o", "loop,ro,noload", str(image.path), str(base)])
         rw = sdir / "rw"
         if self.options.get("upper", "tmpfs") == "disk":
             rw = Path(self.options.get("upper_dir", "/var/lib/scalelab")) / ctx.run_id
@@ -205,7 +205,7 @@ class NetnsBackend(Backend):
         else:
             rw.mkdir()
             self._record("mount", path=str(rw))
-            self._run(["mount", "-t", "tmpfs", "-o", "mode=0755", "scalelab-rw", str(rw)])
+            host.check(["mount", "-t", "tmpfs", "-o", "mode=0755", "scalelab-rw", str(rw)])
         self.rw = rw
         self.cgroups = Cgroups(ctx.run_id)
         for d in self.cgroups.run_dirs():
@@ -214,23 +214,13 @@ class NetnsBackend(Backend):
             raise UserError(f"bridge {self.bridge} already exists and is not this run's")
         self._record("link", name=self.bridge)
         assert ctx.options.get("subnet_gateway")
-        self._run_batch(
+        host.ip_batch(
             [
                 f"link add {self.bridge} type bridge",
                 f"addr add {ctx.options['subnet_gateway']} dev {self.bridge}",
                 f"link set {self.bridge} up",
             ]
         )
-
-    def _run(self, argv: list[str], stdin: str | None = None) -> str:
-        out = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
-        if out.returncode != 0:
-            raise LabError(f"{shlex.join(argv[:3])}… failed: {out.stderr.strip()}")
-        return out.stdout
-
-    def _run_batch(self, lines: list[str]) -> None:
-        if lines:
-            self._run(["ip", "-batch", "-"], "\n".join(lines) + "\n")
 
     def _fstab(self, spec: GuestSpec, upper: Path, work: Path, root: Path) -> Path:
         """The guest's mounts, in order: overlay root, then /proc, /dev (rbind), /sys."""
@@ -306,7 +296,7 @@ class NetnsBackend(Backend):
                 # has not configured eth0 yet, and 1024 guests do not overflow the table.
                 f"neigh replace {spec.address} lladdr {spec.mac} dev {self.bridge} nud permanent",
             ]
-        self._run_batch(batch)
+        host.ip_batch(batch)
         guests = []
         for spec in specs:
             gdir = self.rw / spec.name
@@ -365,8 +355,7 @@ class NetnsBackend(Backend):
         used: dict[str, int] = {}
         if uppers:
             # One du for every guest: allocated blocks, what the copy-on-write layer costs.
-            out = subprocess.run(["du", "-sk", *uppers], capture_output=True, text=True,
-                                 check=False)
+            out = host.run(["du", "-sk", *uppers])
             for line in out.stdout.splitlines():
                 kib, _, path = line.partition("\t")
                 if path in uppers:
@@ -409,16 +398,13 @@ class NetnsBackend(Backend):
     def resume(self, guest: Guest) -> None:
         self.cgroups.freeze(guest.name, False)
 
-    def isolate(self, guests: Sequence[Guest], others: Sequence[Guest] | None = None) -> None:
+    def isolate(self, guests: Sequence[Guest]) -> None:
         """Cut ``guests`` off the lab bridge (from the host and every other guest)."""
-        if others:
-            self.partition(guests, others)
-            return
         lines = []
         for g in guests:
             lines.append(f"link set {self.veth_name(g.spec)} down")
             self._isolated.add(g.name)
-        self._run_batch(lines)
+        host.ip_batch(lines)
 
     @property
     def nft_table(self) -> str:
@@ -426,41 +412,32 @@ class NetnsBackend(Backend):
 
     def partition(self, side_a: Sequence[Guest], side_b: Sequence[Guest]) -> None:
         """Drop bridged traffic between two groups with nftables (bridge family)."""
-        ruleset = labnet.partition_ruleset(
+        ruleset = nft.partition_ruleset(
             self.nft_table, [self.veth_name(g.spec) for g in side_a],
             [self.veth_name(g.spec) for g in side_b])
         if not self._partitioned:
             self._record("nft", family="bridge", table=self.nft_table)
-        self._run(["nft", "-f", "-"], ruleset)
+        nft.apply(ruleset)
         self._partitioned = True
 
     def heal(self) -> None:
         by_name = {g.name: g for g in self.guests}
-        self._run_batch(
+        host.ip_batch(
             [f"link set {self.veth_name(by_name[n].spec)} up" for n in sorted(self._isolated)]
         )
         self._isolated.clear()
         if self._partitioned:
-            self._run(["nft", "delete", "table", "bridge", self.nft_table])
+            nft.delete_table("bridge", self.nft_table)
             self._partitioned = False
 
     def limit_bandwidth(self, guest: Guest, rate: str) -> None:
         # tbf on both ends: host→guest on the host-side veth, guest→host inside the guest.
-        tbf = ["tbf", "rate", rate, "burst", "32kbit", "latency", "400ms"]
-        self._run(["tc", "qdisc", "replace", "dev", self.veth_name(guest.spec), "root", *tbf])
-        self._run(
-            ["ip", "netns", "exec", self.netns_name(guest.spec),
-             "tc", "qdisc", "replace", "dev", "eth0", "root", *tbf]
-        )
+        tc.limit_rate(self.veth_name(guest.spec), rate)
+        tc.limit_rate("eth0", rate, netns=self.netns_name(guest.spec))
 
     def unlimit_bandwidth(self, guest: Guest) -> None:
-        with contextlib.suppress(LabError):
-            self._run(["tc", "qdisc", "del", "dev", self.veth_name(guest.spec), "root"])
-        with contextlib.suppress(LabError):
-            self._run(
-                ["ip", "netns", "exec", self.netns_name(guest.spec),
-                 "tc", "qdisc", "del", "dev", "eth0", "root"]
-            )
+        tc.clear(self.veth_name(guest.spec))
+        tc.clear("eth0", netns=self.netns_name(guest.spec))
 
 
 
@@ -482,15 +459,16 @@ def attach(run: str | None, names: Sequence[str]) -> tuple[NetnsBackend, Any]:
     if len(holding) > 1:
         raise UserError(f"the guests named are in {len(holding)} labs of run {chosen.run_id} "
                         f"({', '.join(lab.name for lab in holding)}): one lab at a time")
-    if not holding and (names or len(labs) != 1):
+    if holding or len(labs) == 1:
+        entry = (holding or labs)[0]
+    else:
         known = "; ".join(f"{lab.name}: {', '.join(lab.guest_names()[:3])}…" for lab in labs)
         raise UserError(f"no netns lab of run {chosen.run_id} holds "
                         f"{' '.join(names) or 'the guests'} ({known or 'it has none'})")
-    entry = holding[0] if holding else labs[0]
     missing = sorted(set(names) - set(entry.guest_names()))
     if missing:
-        raise UserError(f"lab {entry.name} of run {chosen.run_id} has no guest "
-                        f"{', '.join(missing)}")
+        raise UserError(f"no guest {', '.join(map(repr, missing))} in lab {entry.name} of run "
+                        f"{chosen.run_id}")
     state, inventory = entry.state, entry.inventory()
     run_dir = Path(str(state.header.get("run_dir")))
     backend = NetnsBackend(inventory.get("backend_options", {}))

@@ -1,6 +1,10 @@
 """``ClusterBackend``: what ``lab.backend`` is in a cluster lab.  It names the backend the
 shards run (netns by default) and sends the nemesis's faults and footprint questions to the
-shard that holds each guest; bringing guests up is the shards' own business."""
+shard that holds each guest; bringing guests up is the shards' own business.
+
+It has every fault capability's methods (each forwards to a shard, where the one dispatcher,
+``harness.backends.inject``, applies it to the real backend) but declares only the faults of
+the backend its shards run, so the dispatcher refuses the others here already."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from harness.backends.base import Backend, FaultNotSupported, Guest
+from harness.backends.inject import FaultAction
 from harness.cluster.connect import ShardHandle
 from harness.errors import LabError
 from harness.identity import GuestSpec
@@ -22,6 +27,7 @@ class ClusterBackend(Backend):
         self.name = inner.name
         self.faults = inner.faults
         self.requires_root = inner.requires_root
+        self.needs_vm_image = inner.needs_vm_image
         self.mac_oui = inner.mac_oui
 
     # -- the lifecycle is the shards' ----------------------------------------------------
@@ -57,39 +63,36 @@ class ClusterBackend(Backend):
                 result.update(shard.call("footprint", names))
         return result
 
-    def _fault(self, action: str, guests: Sequence[Guest], arg: Any = None) -> None:
+    def _fault(self, action: FaultAction, guests: Sequence[Guest], arg: Any = None) -> None:
         for shard, names in self._by_shard(guests).items():
-            shard.call("fault", action, names, arg)
+            shard.call("fault", str(action), names, arg)
 
     def kill(self, guest: Guest) -> None:
-        self._fault("kill", [guest])
+        self._fault(FaultAction.KILL, [guest])
 
     def pause(self, guest: Guest) -> None:
-        self._fault("pause", [guest])
+        self._fault(FaultAction.PAUSE, [guest])
 
     def resume(self, guest: Guest) -> None:
-        self._fault("resume", [guest])
+        self._fault(FaultAction.RESUME, [guest])
 
     def limit_bandwidth(self, guest: Guest, rate: str) -> None:
-        self._fault("limit", [guest], rate)
+        self._fault(FaultAction.LIMIT, [guest], rate)
 
     def unlimit_bandwidth(self, guest: Guest) -> None:
-        self._fault("unlimit", [guest])
+        self._fault(FaultAction.UNLIMIT, [guest])
 
-    def isolate(self, guests: Sequence[Guest], others: Sequence[Guest] | None = None) -> None:
-        if others:
-            self.partition(guests, others)
-        else:
-            self._fault("isolate", guests)
+    def isolate(self, guests: Sequence[Guest]) -> None:
+        self._fault(FaultAction.ISOLATE, guests)
 
     def partition(self, side_a: Sequence[Guest], side_b: Sequence[Guest]) -> None:
         shards = set(self._by_shard([*side_a, *side_b]))
         if len(shards) != 1:
             raise FaultNotSupported("a partition across lab hosts is not supported: both sides "
                                     "must be guests of one lab host")
-        shards.pop().call("fault", "partition", [g.name for g in side_a],
+        shards.pop().call("fault", str(FaultAction.PARTITION), [g.name for g in side_a],
                           [g.name for g in side_b])
 
     def heal(self) -> None:
         for shard in {s for s in self.routes.values() if not s.lost}:
-            shard.call("fault", "heal", [], None)
+            shard.call("fault", str(FaultAction.HEAL), [], None)

@@ -37,7 +37,8 @@ from harness.config import LabConfig
 from harness.errors import LabError
 from harness.identity import KeyPair
 from harness.image import cache
-from harness.lab import DEFAULT_LAB, Lab, ProgressFn, ensure_image, name_label
+from harness.image.ensure import ensure_image
+from harness.lab import DEFAULT_LAB, Lab, ProgressFn, name_label
 from harness.ssh import GuestError, write_client_key, write_exports
 from harness.state import RunState
 from harness.store import Recorder
@@ -109,7 +110,7 @@ class ClusterLab(Lab):
 
     def _image(self) -> tuple[str, str | None]:
         if self.image is None and self.cluster.local:
-            self.image = ensure_image(self.config, vm=self.backend.name in ("qemu", "xen"))
+            self.image = ensure_image(self.config, vm=self.backend.needs_vm_image)
         return image_ref(self.config, self.image)
 
     def _facts(self, workers: list[LabWorker], key: str, digest: str | None

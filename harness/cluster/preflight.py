@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from harness.backends import load_backend, parse_backend
+from harness.backends import backend_class, load_backend, parse_backend
 from harness.cluster.plan import (
     ClusterSpec,
     LabWorker,
@@ -21,6 +21,7 @@ from harness.config import LabConfig
 from harness.errors import LabError, UserError
 from harness.identity import host_routes
 from harness.image import cache
+from harness.image.ensure import ensure_image
 
 #: Seconds the facts of all lab hosts may take to arrive.
 FACTS_TIMEOUT = 30.0
@@ -41,8 +42,7 @@ def image_ref(config: LabConfig, image: cache.Image | None) -> tuple[str, str | 
     from harness.image.recipe import load_recipe
 
     recipe = load_recipe(Path(config.recipe) if config.recipe else None, config.project_dir)
-    backend = parse_backend(config.backend)
-    if backend.scheme in ("qemu", "xen"):
+    if backend_class(parse_backend(config.backend)).needs_vm_image:
         recipe = recipe.with_vm()
     if recipe.mirror is None:
         recipe = recipe.with_mirror(host_mirror())
@@ -90,7 +90,6 @@ def preflight_cluster(config: LabConfig, n_guests: int) -> cache.Image:
 def _preflight_local(config: LabConfig, spec: ClusterSpec, n: int, needs_root: bool
                      ) -> cache.Image:
     """K workers on this host: this host's checks, once, without starting them."""
-    from harness.lab import ensure_image
 
     if needs_root and os.geteuid() != 0:
         raise UserError("the lab's backend needs root on the lab hosts (here): run as root")
@@ -98,7 +97,7 @@ def _preflight_local(config: LabConfig, spec: ClusterSpec, n: int, needs_root: b
     sizes = [c for _, c in place(n, workers)]
     allocate_subnets(sizes, host_routes(), config.subnet)
     backend = load_backend(parse_backend(config.backend))
-    image = ensure_image(config, vm=backend.name in ("qemu", "xen"))
+    image = ensure_image(config, vm=backend.needs_vm_image)
     backend.check(image, max(sizes))
     return image
 

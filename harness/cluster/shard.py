@@ -17,7 +17,6 @@ import ipaddress
 import os
 import shutil
 import socket
-import subprocess
 import tempfile
 import threading
 import time
@@ -28,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from harness.backends.base import Guest, RunContext
+from harness.backends.base import Guest, HasFootprint, HasHostBridge, RunContext
+from harness.backends.inject import FaultAction, inject
 from harness.cluster.wire import (
     ShardError,
     Upload,
@@ -53,6 +53,7 @@ from harness.identity import (
 )
 from harness.image import cache
 from harness.lab import Lab
+from harness.plumbing import nft
 from harness.ssh import Fleet, write_client_key
 from harness.state import RunState
 from harness.store import Context, Store
@@ -325,7 +326,7 @@ class Shard:
             "guests": [guest_to_wire(g) for g in guests],
             "failures": {n: (e.error_class, e.message) for n, e in lab.failures.items()},
             "seconds": lab.bringup_seconds,
-            "bridge": getattr(lab.backend, "bridge", None),
+            "bridge": lab.backend.bridge if isinstance(lab.backend, HasHostBridge) else None,
         }
 
     async def drain(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -339,15 +340,15 @@ class Shard:
 
     def _link(self, peers: list[str]) -> WireGroup:
         lab = self._lab()
-        bridge = getattr(lab.backend, "bridge", None)
-        if not isinstance(bridge, str) or lab.state is None:
+        if not isinstance(lab.backend, HasHostBridge) or lab.state is None:
             raise LabError(f"the {lab.backend.name} backend has no host bridge to route through")
+        bridge = lab.backend.bridge
         table = f"slf-{run_tag(lab.run_id)}"
         lab.state.record("nft", family="inet", table=table)
         # Its own subnet too: with br_netfilter, traffic bridged between two guests of
         # this shard passes the forward hook as well.
         allowed = [str(lab.subnet), *peers]
-        _run(["nft", "-f", "-"], _forward_ruleset(table, bridge, allowed))
+        nft.apply(nft.forward_only_to(table, bridge, allowed))
         Path(f"/proc/sys/net/ipv4/conf/{bridge}/forwarding").write_text("1\n")
         gateway = lab.specs[0].gateway
         routes = "; ".join(f"ip route replace {p} via {gateway}" for p in peers)
@@ -384,14 +385,10 @@ class Shard:
 
     def _footprint(self, names: list[str]) -> dict[str, dict[str, tuple[float, str]]]:
         lab = self._lab()
-        footprint = getattr(lab.backend, "footprint", None)
-        if footprint is None:
+        if not isinstance(lab.backend, HasFootprint):
             return {}
         wanted = set(names)
-        result: dict[str, dict[str, tuple[float, str]]] = footprint(
-            [g for g in lab.guests if g.name in wanted]
-        )
-        return result
+        return lab.backend.footprint([g for g in lab.guests if g.name in wanted])
 
     async def fault(self, action: str, names: list[str], arg: Any = None) -> None:
         """A nemesis fault on guests of this shard (through its own backend)."""
@@ -401,28 +398,12 @@ class Shard:
         lab = self._lab()
         by_name = {g.name: g for g in lab.guests}
         guests = [by_name[n] for n in names]
-        b = lab.backend
-        if action == "kill":
+        others = [by_name[n] for n in arg] if action == FaultAction.PARTITION else []
+        inject(lab.backend, action, guests, others=others,
+               rate=str(arg) if action == FaultAction.LIMIT else "")
+        if action == FaultAction.KILL:
             for g in guests:
-                b.kill(g)
                 self._lose(g.name)
-        elif action == "isolate":
-            b.isolate(guests)
-        elif action == "partition":
-            b.isolate(guests, [by_name[n] for n in arg])
-        elif action == "heal":
-            b.heal()
-        elif action == "limit":
-            for g in guests:
-                b.limit_bandwidth(g, str(arg))
-        else:
-            hooks: dict[str, Callable[[Guest], None]] = {
-                "pause": b.pause, "resume": b.resume, "unlimit": b.unlimit_bandwidth,
-            }
-            if action not in hooks:
-                raise UserError(f"unknown fault {action!r}")
-            for g in guests:
-                hooks[action](g)
 
     def _lose(self, name: str) -> None:
         fleet = self._fleet()
@@ -463,23 +444,3 @@ def _guarded(func: Callable[..., T], *args: Any) -> T:
         raise
     except Exception as exc:
         raise ShardError(f"{type(exc).__name__}: {exc}") from None
-
-
-def _forward_ruleset(table: str, bridge: str, allowed: list[str]) -> str:
-    """nftables: from this bridge, forward only to the lab's subnets."""
-    return f"""
-table inet {table} {{
-  set lab {{ type ipv4_addr; flags interval; elements = {{ {", ".join(allowed)} }} }}
-  chain forward {{
-    type filter hook forward priority 0; policy accept;
-    iifname "{bridge}" ip daddr != @lab drop
-    iifname "{bridge}" meta nfproto ipv6 drop
-  }}
-}}
-"""
-
-
-def _run(argv: list[str], stdin: str) -> None:
-    out = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise LabError(f"{argv[0]} failed: {out.stderr.strip()}")

@@ -18,7 +18,7 @@ from typing import Any
 
 import paramiko
 
-from harness.backends.base import Backend, FaultNotSupported, Guest, Jump, RunContext, now_ns
+from harness.backends.base import Backend, Guest, Jump, RunContext, now_ns
 from harness.backends.xen.bundle import BUNDLE_FILES, bundle_id, bundle_sources
 from harness.backends.xen.cleanup import (
     _DONE,
@@ -77,6 +77,7 @@ class Dom0Facts:
 class XenBackend(Backend):
     name = "xen"
     faults = frozenset({"kill", "pause", "isolate"})
+    needs_vm_image = True
     mac_oui = XEN_OUI
 
     def __init__(self, options: dict[str, str] | None = None) -> None:
@@ -505,10 +506,8 @@ class XenBackend(Backend):
     def _vif(self, guest: Guest) -> str:
         return f"vif{guest.info['domid']}.0"
 
-    def isolate(self, guests: Sequence[Guest], others: Sequence[Guest] | None = None) -> None:
+    def isolate(self, guests: Sequence[Guest]) -> None:
         """Cut ``guests`` off the bridge by taking their vif down in dom0."""
-        if others:
-            raise FaultNotSupported("xen: partitions between groups of guests are not supported")
         assert self.dom0 is not None
         for g in guests:
             self.dom0.check(["ip", "link", "set", self._vif(g), "down"], f"isolating {g.name}")

@@ -1,0 +1,58 @@
+"""nftables rulesets of a lab, each one table the journal names (kind ``nft``) so teardown
+and ``scalelab clean`` delete it whole; nothing here touches a table it was not given."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from harness.plumbing import host
+
+
+def apply(ruleset: str) -> None:
+    """Load a ruleset (``nft -f -``); a LabError says what nft refused."""
+    host.check(["nft", "-f", "-"], stdin=ruleset, what="nft -f")
+
+
+def table_exists(family: str, table: str) -> bool:
+    return host.run(["nft", "list", "table", family, table]).ok
+
+
+def delete_table(family: str, table: str) -> None:
+    """Delete the table if it is there (idempotent, never raises)."""
+    if table_exists(family, table):
+        host.run(["nft", "delete", "table", family, table])
+
+
+def partition_ruleset(table: str, side_a: Sequence[str], side_b: Sequence[str]) -> str:
+    """A ruleset (bridge family) dropping bridged frames between two groups of bridge ports
+    (the guests' veths or taps); the host keeps reaching every guest."""
+
+    def elements(ports: Sequence[str]) -> str:
+        return ", ".join(f'"{p}"' for p in ports)
+
+    return f"""
+table bridge {table} {{
+  set side_a {{ type ifname; elements = {{ {elements(side_a)} }} }}
+  set side_b {{ type ifname; elements = {{ {elements(side_b)} }} }}
+  chain forward {{
+    type filter hook forward priority 0; policy accept;
+    iifname @side_a oifname @side_b drop
+    iifname @side_b oifname @side_a drop
+  }}
+}}
+"""
+
+
+def forward_only_to(table: str, bridge: str, allowed: Sequence[str]) -> str:
+    """A ruleset (inet family): traffic arriving from ``bridge`` is forwarded only to the
+    ``allowed`` subnets (the lab's own), never anywhere else, and no IPv6 at all."""
+    return f"""
+table inet {table} {{
+  set lab {{ type ipv4_addr; flags interval; elements = {{ {", ".join(allowed)} }} }}
+  chain forward {{
+    type filter hook forward priority 0; policy accept;
+    iifname "{bridge}" ip daddr != @lab drop
+    iifname "{bridge}" meta nfproto ipv6 drop
+  }}
+}}
+"""
