@@ -1,0 +1,159 @@
+"""Fan-out: one open connection per guest and a bounded thread pool; a ``GroupResult`` in
+which a failed guest is an entry, not an exception that loses the others' results."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paramiko
+
+from harness.backends.base import Guest
+from harness.ssh.commands import run_on
+from harness.ssh.failures import Failure, GuestError, classify
+
+
+@dataclass
+class GroupResult:
+    """guest name → CommandResult (or any value) for the guests that answered, errors apart.
+
+    Pickles (``GuestError`` does), so a group can cross a process boundary as it is.
+    """
+
+    results: dict[str, Any] = field(default_factory=dict)
+    errors: dict[str, GuestError] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.results) + len(self.errors)
+
+    def __getitem__(self, guest: str) -> Any:
+        if guest in self.errors:
+            raise self.errors[guest]
+        return self.results[guest]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and all(
+            getattr(r, "ok", True) for r in self.results.values()
+        )
+
+    @property
+    def succeeded(self) -> dict[str, Any]:
+        return {g: r for g, r in self.results.items() if getattr(r, "ok", True)}
+
+    @property
+    def failed(self) -> dict[str, str]:
+        """guest → failure class, for errors and non-zero exits alike."""
+        out = {g: e.error_class for g, e in self.errors.items()}
+        out.update({g: Failure.EXIT for g, r in self.results.items()
+                    if not getattr(r, "ok", True)})
+        return out
+
+    def success_rate(self) -> float:
+        return len(self.succeeded) / len(self) if len(self) else 0.0
+
+    def reason(self, guest: str) -> str:
+        """Why ``guest`` failed, in one line: its error, or its command's last stderr line."""
+        if guest in self.errors:
+            return self.errors[guest].message
+        res = self.results.get(guest)
+        stderr = str(getattr(res, "stderr", "") or "")
+        lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+        return lines[-1][:500] if lines else f"exit status {getattr(res, 'exit_status', '?')}"
+
+
+class Fleet:
+    """Open connections to a set of guests and a bounded pool to fan work out over them."""
+
+    def __init__(
+        self,
+        clients: Mapping[str, paramiko.SSHClient],
+        guests: Mapping[str, Guest],
+        max_workers: int = 64,
+    ) -> None:
+        self.clients = dict(clients)
+        self.guests = dict(guests)
+        self.max_workers = max(1, max_workers)
+        self.lost: dict[str, int] = {}
+        self._pool = ThreadPoolExecutor(
+            max_workers=min(self.max_workers, max(1, len(self.clients))),
+            thread_name_prefix="fleet",
+        )
+
+    @property
+    def names(self) -> list[str]:
+        return [n for n in self.clients if n not in self.lost]
+
+    def subset(self, names: Iterable[str]) -> Fleet:
+        """A fleet over some of the guests, sharing these connections."""
+        keep = [n for n in names if n in self.clients]
+        sub = Fleet({n: self.clients[n] for n in keep}, {n: self.guests[n] for n in keep},
+                    self.max_workers)
+        sub.lost = self.lost  # shared: a guest lost anywhere is lost everywhere
+        return sub
+
+    def map(
+        self,
+        func: Callable[[str, paramiko.SSHClient], Any],
+        names: Iterable[str] | None = None,
+    ) -> GroupResult:
+        """Call ``func(name, client)`` for each guest in parallel; collect results and errors."""
+        group = GroupResult()
+        targets = list(self.names if names is None else names)
+        for n in targets:
+            if n in self.lost:
+                group.errors[n] = GuestError(n, Failure.LOST, "guest was lost earlier in the run")
+        futures = {
+            n: self._pool.submit(func, n, self.clients[n]) for n in targets if n not in self.lost
+        }
+        for n, fut in futures.items():
+            try:
+                group.results[n] = fut.result()
+            except Exception as exc:
+                err = exc if isinstance(exc, GuestError) else GuestError(n, classify(exc), str(exc))
+                group.errors[n] = err
+                if err.error_class == Failure.LOST:
+                    self.lost.setdefault(n, time.time_ns())
+        return group
+
+    def run(self, command: str, *, timeout: float | None = 60.0,
+            names: Iterable[str] | None = None) -> GroupResult:
+        """Run ``command`` on every guest; each result is a CommandResult."""
+        return self.map(lambda n, c: run_on(c, command, timeout=timeout, guest=n), names)
+
+    def put(self, local: Path, remote: str, *, mode: int | None = None,
+            names: Iterable[str] | None = None) -> GroupResult:
+        """Upload a file or a directory tree to every guest over SFTP."""
+
+        def upload(name: str, client: paramiko.SSHClient) -> str:
+            with client.open_sftp() as sftp:
+                _sftp_put(sftp, local, remote, mode)
+            return remote
+
+        return self.map(upload, names)
+
+    def close(self) -> None:
+        # Not waiting: a command stuck on a dead guest must not hold up the teardown.
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for c in self.clients.values():
+            with contextlib.suppress(Exception):
+                c.close()
+
+
+def _sftp_put(sftp: paramiko.SFTPClient, local: Path, remote: str, mode: int | None) -> None:
+    """``local`` to ``remote``, a tree recursively; each file keeps its own mode, except a
+    single file given ``mode``."""
+    if local.is_dir():
+        with contextlib.suppress(OSError):  # already there: uploads are idempotent
+            sftp.mkdir(remote)
+        for child in sorted(local.iterdir()):
+            _sftp_put(sftp, child, f"{remote}/{child.name}", None)
+        return
+    sftp.put(str(local), remote)
+    st_mode = mode if mode is not None else (local.stat().st_mode & 0o777)
+    sftp.chmod(remote, st_mode)
