@@ -143,8 +143,8 @@ def test_halfway_failure_fault_hooks_and_clean(xen_lab: XenLab, vm_image: Image,
         assert name not in backend.states()
 
         # The harness dies here: another process cleans up from the journal alone.
-        xen._close_pool()
-        xen._DONE.clear()
+        xen.close_pool()
+        xen.ALREADY_REMOVED.clear()
         backend.dom0 = None
         cleaned = True
         problems = RunState.load(ctx.state.path).remove_all()

@@ -8,6 +8,7 @@ import json
 import re
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,11 @@ import paramiko
 import pytest
 
 from harness.backends import load_backend, parse_backend, xen
+from harness.backends.base import Guest, RunContext
 from harness.backends.xen import (
     Dom0,
     DomainConfig,
-    Result,
+    DomainWatch,
     Target,
     XenBackend,
     XenOptions,
@@ -33,10 +35,13 @@ from harness.backends.xen import (
     vif_spec,
     xl_string,
 )
+from harness.backends.xen import backend as xen_backend
 from harness.errors import LabError, UserError
 from harness.identity import XEN_OUI, KeyPair, make_specs
 from harness.image.cache import Image
+from harness.plumbing.result import CommandResult
 from harness.ssh import load_private_key
+from harness.state import RunState
 
 RUN = "20260101-000000-abcdef"
 SUBNET = ipaddress.IPv4Network("10.213.9.0/24")
@@ -312,16 +317,22 @@ def test_local_without_xl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
         be.check(img, 1)
 
 
-class FakeDom0(Dom0):
-    """A dom0 answering from a table: argv[0] → Result."""
+def answer(status: int, out: str = "", err: str = "") -> CommandResult:
+    """What a dom0 command said (where and when do not matter to these tests)."""
+    return CommandResult("", "", status, out, err, 0, 0)
 
-    def __init__(self, answers: dict[str, Result]) -> None:
+
+class FakeDom0(Dom0):
+    """A dom0 answering from a table: argv[0] → its CommandResult."""
+
+    def __init__(self, answers: dict[str, CommandResult]) -> None:
         super().__init__(Target(local=True))
         self.answers = answers
 
-    def run(self, argv: Any, *, timeout: float = 60.0, stdin: bytes | None = None) -> Result:
+    def run(self, argv: Any, *, timeout: float = 60.0,
+            stdin: bytes | None = None) -> CommandResult:
         key = argv[0] if argv[0] != "sh" else "probe"
-        return self.answers.get(key, Result(0, "", ""))
+        return self.answers.get(key, answer(0))
 
     def put(self, local: Path, remote: str) -> None:
         raise AssertionError("no uploads here")
@@ -338,14 +349,14 @@ def _probe(be: XenBackend, dom0: FakeDom0, n: int = 2) -> None:
 def test_remote_without_xl() -> None:
     be = XenBackend({"host": "local"})
     with pytest.raises(UserError, match="has no `xl`"):
-        _probe(be, FakeDom0({"xl": Result(127, "", "sh: 1: xl: not found")}))
+        _probe(be, FakeDom0({"xl": answer(127, "", "sh: 1: xl: not found")}))
 
 
 def test_xl_not_answering() -> None:
     be = XenBackend({"host": "local"})
     msg = "xencall: error: Could not obtain handle on privileged command interface"
     with pytest.raises(UserError, match="does not answer: xencall"):
-        _probe(be, FakeDom0({"xl": Result(1, "", msg)}))
+        _probe(be, FakeDom0({"xl": answer(1, "", msg)}))
 
 
 XL_INFO = "xen_major : 4\nxen_minor : 17\nfree_memory : 1000\nnr_cpus : 2\n"
@@ -358,7 +369,7 @@ def test_probe_says_what_is_missing() -> None:
     probe = ("bridge=no\nloop_driver=yes\nloop_free=1\nhas_mkdir=yes\nhas_rm=yes\n"
              "has_losetup=yes\nhas_ip=yes\n")
     with pytest.raises(UserError) as err:
-        _probe(be, FakeDom0({"xl": Result(0, XL_INFO, ""), "probe": Result(0, probe, "")}), 8)
+        _probe(be, FakeDom0({"xl": answer(0, XL_INFO, ""), "probe": answer(0, probe, "")}), 8)
     text = str(err.value)
     assert "bridge xenbr0" in text and "does not exist" in text
     assert "1 free loop devices for 8 domUs that need 16" in text
@@ -368,7 +379,7 @@ def test_probe_says_what_is_missing() -> None:
 
 def test_probe_accepts_a_ready_dom0() -> None:
     be = XenBackend({"host": "local"})
-    be.dom0 = FakeDom0({"xl": Result(0, XL_INFO, ""), "probe": Result(0, GOOD_PROBE, "")})
+    be.dom0 = FakeDom0({"xl": answer(0, XL_INFO, ""), "probe": answer(0, GOOD_PROBE, "")})
     facts = be.probe(2)
     assert facts.xen_version == "4.17" and facts.bridge_addresses == ["10.213.9.1/24"]
 
@@ -449,7 +460,7 @@ def test_silent_dom0_is_one_clear_error(tmp_path: Path) -> None:
 def test_loops_on_picks_the_files_asked_for() -> None:
     listing = ("/dev/loop0 /c/b1/base.img\n/dev/loop1 /var/lib/scalelab/xen/runs/r/g000.img\n"
                "/dev/loop2 /srv/other.img\n")
-    dom0 = FakeDom0({"losetup": Result(0, listing, "")})
+    dom0 = FakeDom0({"losetup": answer(0, listing, "")})
     assert xen.loops_on(dom0, ["/c/b1/base.img", "/var/lib/scalelab/xen/runs/r/g000.img"]) == [
         ("/dev/loop0", "/c/b1/base.img"),
         ("/dev/loop1", "/var/lib/scalelab/xen/runs/r/g000.img"),
@@ -462,8 +473,136 @@ def test_remove_path_refuses_short_paths() -> None:
 
 
 def test_error_message_quotes_xl() -> None:
-    res = Result(1, "Parsing config from g000.cfg\n",
+    res = answer(1, "Parsing config from g000.cfg\n",
                  "libxl: error: a\nlibxl: error: b\nlibxl: error: c\nlibxl: error: d\ne\n")
     assert res.message() == "libxl: error: a | libxl: error: b | libxl: error: c"
-    assert Result(1, "", "x\ny\n").message() == "x | y"
-    assert Result(3, "", "").message() == "exit status 3"
+    assert answer(1, "", "x\ny\n").message() == "x | y"
+    assert answer(3, "", "").message() == "exit status 3"
+
+
+# -- a domU that dies while booting; each domU announced as it is created ----------------------
+
+
+class XlDom0(FakeDom0):
+    """A dom0 whose ``xl`` knows domains: ``xl create`` adds one, ``xl list`` (counted) and
+    ``xl list -l`` list them; config files are written under the test's directory."""
+
+    def __init__(self) -> None:
+        super().__init__({})
+        self.domains: dict[str, int] = {}
+        self.listings = 0
+        self.list_fails = False
+
+    def run(self, argv: Any, *, timeout: float = 60.0,
+            stdin: bytes | None = None) -> CommandResult:
+        if list(argv[:2]) == ["xl", "create"]:
+            name = parse_xl_cfg(Path(argv[2]).read_text())["name"]
+            self.domains[name] = len(self.domains) + 1
+            return answer(0)
+        if list(argv) == ["xl", "list"]:
+            self.listings += 1
+            if self.list_fails:
+                return answer(1, "", "libxl: error: cannot get domain list")
+            rows = "".join(f"{n} {i} 256 1 -b---- 0.1\n" for n, i in self.domains.items())
+            return answer(0, "Name ID Mem VCPUs State Time(s)\n" + rows)
+        if list(argv) == ["xl", "list", "-l"]:
+            entries = [{"domid": i, "config": {"c_info": {"name": n}}}
+                       for n, i in self.domains.items()]
+            return answer(0, json.dumps(entries))
+        return answer(0)
+
+    def write_text(self, remote: str, text: str) -> None:
+        Path(remote).write_text(text)
+
+
+class Clock:
+    """A monotonic clock that moves only when the test says."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _started_backend(tmp_path: Path, dom0: XlDom0,
+                     monkeypatch: pytest.MonkeyPatch) -> tuple[XenBackend, list[Guest]]:
+    """A local-dom0 backend as ``prepare`` leaves it, its domUs brought up on ``dom0``;
+    returns it and the guests announced through ``on_started``, in order."""
+    be = XenBackend({"host": "local", "workdir": str(tmp_path / "xen")})
+    be.dom0 = dom0
+    journal = tmp_path / "journal"
+    journal.write_text("")
+    announced: list[Guest] = []
+
+    def on_started(guest: Guest) -> None:
+        # Announced once created: xl knows the domain, and nothing is waited for before.
+        assert guest.info["domain"] in dom0.domains
+        announced.append(guest)
+
+    be.ctx = RunContext(RUN, RunState(RUN, journal, {}, []), tmp_path / "run", "ssh-ed25519 K",
+                        on_started=on_started)
+    (tmp_path / "run" / "xen").mkdir(parents=True)
+    be.run_dir = str(tmp_path / "xen" / "runs" / RUN)
+    Path(be.run_dir).mkdir(parents=True)
+    be.files = {n: f"/c/b1/{n}" for n in ("base.img", "vmlinuz", "initrd.img")}
+    monkeypatch.setattr(xen_backend, "make_guest_disk",
+                        lambda spec, key, path, size: path.write_bytes(b""))
+    return be, announced
+
+
+def test_each_domu_is_announced_as_it_is_created(
+    tmp_path: Path, specs: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dom0 = XlDom0()
+    be, announced = _started_backend(tmp_path, dom0, monkeypatch)
+    guests = be.up(specs)
+    assert sorted(g.name for g in announced) == [s.name for s in specs]
+    by_name = {g.name: g for g in guests}
+    for g in announced:  # the very guests up() returns, their domids filled in
+        assert by_name[g.name] is g
+        assert g.info["domid"] == dom0.domains[domain_name(RUN, g.name)]
+
+
+def test_a_domu_that_left_xl_list_is_dead(
+    tmp_path: Path, specs: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dom0 = XlDom0()
+    be, _ = _started_backend(tmp_path, dom0, monkeypatch)
+    g0, g1, _g2 = be.up(specs)
+    clock = Clock(time.monotonic() + 1)  # the domUs were created before this clock's "now"
+    be.watch = DomainWatch(dom0, interval=5.0, clock=clock)
+    assert be.dead(g0) is None and be.dead(g1) is None
+    assert dom0.listings == 1  # one listing for every guest asking within the interval
+    del dom0.domains[domain_name(RUN, g0.name)]  # crashed: on_crash="destroy"
+    clock.now += 1
+    assert be.dead(g0) is None and dom0.listings == 1  # not asked again so soon
+    clock.now += 5
+    why = be.dead(g0)
+    assert why is not None and domain_name(RUN, g0.name) in why and "gone from `xl list`" in why
+    assert "\n" not in why
+    assert be.dead(g1) is None and dom0.listings == 2
+    other = make_specs(RUN, 4, SUBNET, oui=XEN_OUI)[3]
+    # Not a domU of this backend: not its word to give.
+    assert be.dead(Guest(other, other.address)) is None
+
+
+def test_dead_is_unsure_without_a_fresh_listing() -> None:
+    """A listing asked before the domU was created, or one dom0 could not give, says
+    nothing about it: dead() must not fail a guest on either."""
+    dom0 = XlDom0()
+    clock = Clock()
+    watch = DomainWatch(dom0, interval=5.0, clock=clock)
+    created = clock.now + 0.5  # just after the first listing is asked for
+    assert not watch.gone("sl-x-g000", since=created)
+    clock.now += 1
+    assert not watch.gone("sl-x-g000", since=created)  # that listing, still: too old to tell
+    assert dom0.listings == 1
+    clock.now += 10
+    dom0.list_fails = True
+    assert not watch.gone("sl-x-g000", since=created)
+    assert dom0.listings == 2
+    clock.now += 10
+    dom0.list_fails = False
+    assert watch.gone("sl-x-g000", since=created)
+    assert dom0.listings == 3

@@ -26,14 +26,18 @@ is journalled as a ``callback`` resource before it is made, so ``scalelab clean`
 down from another process.
 
 Modules: ``options`` (the URL, checked), ``dom0`` (commands and files on dom0, one
-connection per dom0), ``xlconfig`` (domU configs), ``bundle`` (the image on dom0),
-``cleanup`` (the journal's callbacks) and ``backend`` (``XenBackend``).
+connection per dom0, each command's ``CommandResult``), ``facts`` (what dom0 has, and what
+it lacks for N domUs), ``staging`` (the image bundle and the bridge address on dom0),
+``xlconfig`` (domU configs rendered), ``domu`` (one domU: its config, ``xl create``),
+``xl`` (what ``xl list`` says, and whether a domU still exists), ``footprint`` (memory and
+disk per domU), ``bundle`` (the image on dom0), ``cleanup`` (the journal's callbacks) and
+``backend`` (``XenBackend``).
 """
 
-from harness.backends.xen.backend import Dom0Facts, XenBackend, parse_xl_list_long
+from harness.backends.xen.backend import XenBackend
 from harness.backends.xen.bundle import BUNDLE_FILES, bundle_id, bundle_sources
 from harness.backends.xen.cleanup import (
-    _DONE,
+    ALREADY_REMOVED,
     destroy_domain,
     loops_on,
     release_loops,
@@ -44,14 +48,15 @@ from harness.backends.xen.dom0 import (
     Dom0,
     LocalDom0,
     RemoteDom0,
-    Result,
-    _close_pool,
+    close_pool,
     connect,
     dom0_for,
     known_hosts_line,
     record_host_key,
 )
+from harness.backends.xen.facts import Dom0Facts
 from harness.backends.xen.options import Target, XenOptions
+from harness.backends.xen.xl import DomainWatch, parse_xl_list, parse_xl_list_long
 from harness.backends.xen.xlconfig import (
     DomainConfig,
     disk_spec,
@@ -65,10 +70,10 @@ from harness.backends.xen.xlconfig import (
 # The journal names its callbacks ``harness.backends.xen:<name>``: a name that stays put
 # when a function moves between modules (a kept lab may outlive an upgrade).
 __all__ = [
-    "BUNDLE_FILES", "_DONE", "Dom0", "Dom0Facts", "DomainConfig", "LocalDom0", "RemoteDom0",
-    "Result", "Target", "XenBackend", "XenOptions", "_close_pool", "bundle_id",
-    "bundle_sources", "connect", "destroy_domain", "disk_spec", "dom0_for", "domain_name",
-    "guest_cmdline", "known_hosts_line", "loops_on", "parse_xl_list_long", "record_host_key",
-    "release_loops", "remove_address", "remove_path", "render_config", "vif_spec",
-    "xl_string",
+    "ALREADY_REMOVED", "BUNDLE_FILES", "Dom0", "Dom0Facts", "DomainConfig", "DomainWatch",
+    "LocalDom0", "RemoteDom0", "Target", "XenBackend", "XenOptions", "bundle_id",
+    "bundle_sources", "close_pool", "connect", "destroy_domain", "disk_spec", "dom0_for",
+    "domain_name", "guest_cmdline", "known_hosts_line", "loops_on", "parse_xl_list",
+    "parse_xl_list_long", "record_host_key", "release_loops", "remove_address", "remove_path",
+    "render_config", "vif_spec", "xl_string",
 ]

@@ -12,15 +12,15 @@ from harness.errors import LabError
 from harness.state import Resource
 
 #: (pool key, what) of things this process already removed: their callbacks have no work.
-_DONE: set[tuple[Any, ...]] = set()
+ALREADY_REMOVED: set[tuple[Any, ...]] = set()
 
 
 def _target(kwargs_target: dict[str, Any]) -> Target:
     return Target(**kwargs_target)
 
 
-def _done_key(target: Target, res: Resource) -> tuple[Any, ...]:
-    """The ``_DONE`` entry of a journal callback of this module."""
+def removed_key(target: Target, res: Resource) -> tuple[Any, ...]:
+    """The ``ALREADY_REMOVED`` entry of a journal callback of this module."""
     kw = res.get("kwargs", {})
     if "path" in kw:
         return (target.pool_key, "path", kw["path"])
@@ -35,7 +35,7 @@ def domain_loops(d: Dom0, name: str) -> list[list[str]]:
     """[loop device, backing file] of each file-backed disk of domain ``name``."""
     res = d.sh('id=$(xl domid "$1") && xenstore-ls -f "/local/domain/0/backend/vbd/$id"', name)
     fields: dict[str, dict[str, str]] = {}
-    for line in res.out.splitlines():
+    for line in res.stdout.splitlines():
         path, sep, value = line.partition(" = ")
         if not sep:
             continue
@@ -50,27 +50,27 @@ def destroy_on(d: Dom0, name: str) -> None:
     """``xl destroy`` domain ``name`` if it exists, then detach the loop devices it had
     (libxl's block script sometimes leaves them: it reads the device back from xenstore,
     racing the removal of the backend's entries)."""
-    if d.run(["xl", "domid", name]).rc != 0:
+    if not d.run(["xl", "domid", name]).ok:
         return
     loops = domain_loops(d, name)
     res = d.run(["xl", "destroy", name], timeout=CREATE_TIMEOUT)
-    if res.rc != 0 and d.run(["xl", "domid", name]).rc == 0:
+    if not res.ok and d.run(["xl", "domid", name]).ok:
         raise LabError(f"xl destroy {name} on dom0 {d.label}: {res.message()}")
     if loops:
-        _release(d, loops)
+        release_on(d, loops)
 
 
 def destroy_domain(target: dict[str, Any], name: str) -> None:
     """Destroy domU ``name`` if it exists (journal callback)."""
     t = _target(target)
-    if (t.pool_key, "domain", name) not in _DONE:
+    if (t.pool_key, "domain", name) not in ALREADY_REMOVED:
         destroy_on(dom0_for(t), name)
 
 
 def remove_path(target: dict[str, Any], path: str) -> None:
     """Remove a file or directory this run made on dom0 (journal callback)."""
     t = _target(target)
-    if (t.pool_key, "path", path) in _DONE:
+    if (t.pool_key, "path", path) in ALREADY_REMOVED:
         return
     if not path.startswith("/") or path.rstrip("/").count("/") < 3:
         raise LabError(f"refusing to remove {path!r} on dom0: not a scalelab path")
@@ -99,7 +99,7 @@ done
 
 def loops_on(d: Dom0, files: Sequence[str]) -> list[tuple[str, str]]:
     """(loop device, backing file) of every loop device on dom0 backed by one of ``files``."""
-    out = d.run(["losetup", "-n", "-l", "-O", "NAME,BACK-FILE"]).out
+    out = d.run(["losetup", "-n", "-l", "-O", "NAME,BACK-FILE"]).stdout
     wanted = set(files)
     pairs = []
     for line in out.splitlines():
@@ -109,23 +109,23 @@ def loops_on(d: Dom0, files: Sequence[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def _release(d: Dom0, loops: list[list[str]]) -> None:
+def release_on(d: Dom0, loops: list[list[str]]) -> None:
     res = d.sh(_RELEASE_LOOPS, *[x for pair in loops for x in pair])
-    if res.rc != 0 or res.err.strip():
+    if not res.ok or res.stderr.strip():
         raise LabError(f"releasing loop devices on dom0 {d.label}: {res.message()}")
 
 
 def release_loops(target: dict[str, Any], loops: list[list[str]]) -> None:
     """Detach the loop devices a run's domUs had, if libxl left them (journal callback)."""
     t = _target(target)
-    if (t.pool_key, "loops", tuple(map(tuple, loops))) not in _DONE:
-        _release(dom0_for(t), loops)
+    if (t.pool_key, "loops", tuple(map(tuple, loops))) not in ALREADY_REMOVED:
+        release_on(dom0_for(t), loops)
 
 
 def remove_address(target: dict[str, Any], bridge: str, cidr: str) -> None:
     """Remove the lab's address from dom0's bridge (journal callback)."""
     t = _target(target)
-    if (t.pool_key, "address", bridge, cidr) in _DONE:
+    if (t.pool_key, "address", bridge, cidr) in ALREADY_REMOVED:
         return
     dom0_for(t).run(["ip", "addr", "del", cidr, "dev", bridge])
 

@@ -10,8 +10,8 @@ import shlex
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import paramiko
 from harness.backends.xen.options import Target
 from harness.errors import LabError, UserError
 from harness.image.cache import cache_dir
+from harness.plumbing.result import CommandResult
 from harness.ssh import GuestError, run_on
 
 #: Seconds for a quick command on dom0 (``xl info``, ``xl list``, ``mkdir``...).
@@ -29,25 +30,8 @@ CREATE_TIMEOUT = 300.0
 #: What libxl says when a hotplug script was too slow (a loaded dom0): worth one retry.
 TRANSIENT = ("because of timeout", "scripts/block failed", "unable to add disk devices",
              "unable to add vif devices", "scripts/vif-bridge failed")
-
-
-
-
-
-
-@dataclass(frozen=True)
-class Result:
-    rc: int
-    out: str
-    err: str
-
-    def message(self) -> str:
-        """What the command said, for an error line: its first error lines (libxl's first
-        error is the cause, the rest is the clean-up), else its last lines."""
-        text = (self.err.strip() or self.out.strip() or f"exit status {self.rc}")
-        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-        errors = [ln for ln in lines if "error" in ln.lower()]
-        return " | ".join(errors[:3] if errors else lines[-4:])
+#: ``CommandResult.guest`` of a command run on a remote dom0 (empty: this host).
+DOM0 = "dom0"
 
 
 class Dom0(abc.ABC):
@@ -62,7 +46,7 @@ class Dom0(abc.ABC):
 
     @abc.abstractmethod
     def run(self, argv: Sequence[str], *, timeout: float = SHORT_TIMEOUT,
-            stdin: bytes | None = None) -> Result:
+            stdin: bytes | None = None) -> CommandResult:
         """Run ``argv`` on dom0 (no shell: every argument is passed as is)."""
 
     @abc.abstractmethod
@@ -76,30 +60,36 @@ class Dom0(abc.ABC):
     def close(self) -> None:  # noqa: B027 - nothing to drop for a local dom0
         """Drop the connection."""
 
-    def sh(self, script: str, *args: str, timeout: float = SHORT_TIMEOUT) -> Result:
+    def sh(self, script: str, *args: str, timeout: float = SHORT_TIMEOUT) -> CommandResult:
         return self.run(["sh", "-c", script, "sh", *args], timeout=timeout)
 
     def check(self, argv: Sequence[str], what: str, *, timeout: float = SHORT_TIMEOUT) -> str:
         res = self.run(argv, timeout=timeout)
-        if res.rc != 0:
+        if not res.ok:
             raise LabError(f"{what} on dom0 {self.label} failed: {res.message()}")
-        return res.out
+        return res.stdout
 
 
 class LocalDom0(Dom0):
     """This host is dom0."""
 
     def run(self, argv: Sequence[str], *, timeout: float = SHORT_TIMEOUT,
-            stdin: bytes | None = None) -> Result:
+            stdin: bytes | None = None) -> CommandResult:
+        # Not plumbing's text-mode runner: stdin is bytes here, and output that is not
+        # UTF-8 (a console log) must be replaced, not raise.
+        command, start = shlex.join(argv), time.time_ns()
         try:
             out = subprocess.run(list(argv), input=stdin, capture_output=True,
                                  timeout=timeout, check=False)
         except FileNotFoundError:
-            return Result(127, "", f"{argv[0]}: command not found")
+            return CommandResult("", command, 127, "", f"{argv[0]}: command not found",
+                                 start, time.time_ns())
         except subprocess.TimeoutExpired:
-            return Result(124, "", f"{shlex.join(argv)[:80]} did not finish in {timeout:.0f}s")
-        return Result(out.returncode, out.stdout.decode(errors="replace"),
-                      out.stderr.decode(errors="replace"))
+            return CommandResult("", command, 124, "",
+                                 f"{command[:80]} did not finish in {timeout:.0f}s",
+                                 start, time.time_ns())
+        return CommandResult("", command, out.returncode, out.stdout.decode(errors="replace"),
+                             out.stderr.decode(errors="replace"), start, time.time_ns())
 
     def put(self, local: Path, remote: str) -> None:
         subprocess.run(["cp", "--sparse=always", str(local), remote], check=True)
@@ -116,15 +106,17 @@ class RemoteDom0(Dom0):
         self.client = client
 
     def run(self, argv: Sequence[str], *, timeout: float = SHORT_TIMEOUT,
-            stdin: bytes | None = None) -> Result:
+            stdin: bytes | None = None) -> CommandResult:
+        command, start = shlex.join(argv), time.time_ns()
         try:
-            res = run_on(self.client, shlex.join(argv), timeout=timeout, stdin=stdin,
-                         guest="dom0")
+            return run_on(self.client, command, timeout=timeout, stdin=stdin, guest=DOM0)
         except GuestError as exc:
-            return Result(124 if exc.error_class == "timeout" else 255, "", exc.message)
+            status, said = (124 if exc.error_class == "timeout" else 255), exc.message
         except (paramiko.SSHException, OSError, EOFError) as exc:
-            return Result(255, "", f"lost the connection to dom0: {exc}")
-        return Result(res.exit_status, res.stdout, res.stderr)
+            status, said = 255, f"lost the connection to dom0: {exc}"
+        # A dom0 that cannot be asked is a failed command, not an exception: callers
+        # decide (cleanup goes on, checks say what failed).
+        return CommandResult(DOM0, command, status, "", said, start, time.time_ns())
 
     def put(self, local: Path, remote: str) -> None:
         # One SFTP session per upload: uploads run in parallel threads.
@@ -251,7 +243,8 @@ def dom0_for(target: Target) -> Dom0:
 
 
 @atexit.register
-def _close_pool() -> None:
+def close_pool() -> None:
+    """Close every dom0 connection of this process (at exit, and between tests)."""
     with _POOL_LOCK:
         for d in _POOL.values():
             d.close()
