@@ -244,9 +244,11 @@ class XenBackend(Backend):
         dom = self.domains.get(guest.name)
         if dom is None or self.dom0 is None:
             return None
-        if self.watch is None:
-            self.watch = DomainWatch(self.dom0)
-        if not self.watch.gone(dom.name, dom.created_at):
+        with self._lock:  # one watch, however many readiness threads ask at once
+            if self.watch is None:
+                self.watch = DomainWatch(self.dom0)
+            watch = self.watch
+        if not watch.gone(dom.name, dom.created_at):
             return None
         return (f"domU {dom.name} is gone from `xl list` on dom0 {self.dom0.label} (it "
                 "crashed, powered off or rebooted, and Xen destroyed it)")
