@@ -192,14 +192,30 @@ class Nemesis:
 
 
 def cli_fault(args: Any) -> int:
-    """``scalelab fault ACTION GUEST...`` against a lab left up (netns backend)."""
-    from harness.backends.netns import attach
+    """``scalelab fault ACTION GUEST...`` against a lab left up, whose backend can attach."""
+    from pathlib import Path
+
+    from harness.backends import backend_class, parse_backend
+    from harness.backends.base import CanAttach
+    from harness.runs import find_run, lab_holding, newest_kept_run
+    from harness.store import Context, Store
 
     names = list(args.guests)
     if args.action != "heal" and not names:
         raise UserError(f"scalelab fault {args.action}: name at least one guest")
-    backend, recorder = attach(args.run, names)
-    nem = Nemesis(backend, recorder)
+    run = find_run(args.run) if args.run else newest_kept_run()
+    if run is None:
+        raise UserError("no run is kept up here (see `scalelab ls`; --run names one)")
+    entry = lab_holding(run, names)
+    kind = str(entry.state.header.get("backend", ""))
+    cls = backend_class(parse_backend(kind))
+    if not issubclass(cls, CanAttach):
+        raise UserError(f"scalelab fault works on labs whose backend can attach to a kept lab; "
+                        f"lab {entry.name} runs on {kind}")
+    backend = cls.attach(entry.state, entry.lab_dir or Path("."), entry.inventory())
+    store = Store(Path(run.run_dir), Context(run_id=run.run_id, scenario="manual-faults",
+                                             lab=entry.name))
+    nem = Nemesis(backend, store.scoped())
     if args.action == "kill":
         nem.kill(names)  # recorded: the guest is lost for the rest of the run
     else:

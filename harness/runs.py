@@ -139,6 +139,27 @@ def select(ref: str) -> Run | None:
     return None
 
 
+def lab_holding(run: Run, names: list[str], backend: str | None = None) -> LabEntry:
+    """The one lab of ``run`` whose guests include all of ``names`` (any lab when the run
+    has only one and no names are given); a UserError that lists the labs otherwise."""
+    labs = [lab for lab in run.labs
+            if not lab.is_shard and (backend is None or lab.state.header.get("backend") == backend)]
+    holding = [lab for lab in labs if set(names) & set(lab.guest_names())]
+    if len(holding) > 1:
+        raise UserError(f"the guests named are in {len(holding)} labs of run {run.run_id} "
+                        f"({', '.join(lab.name for lab in holding)}): one lab at a time")
+    if not (holding or len(labs) == 1):
+        known = "; ".join(f"{lab.name}: {', '.join(lab.guest_names()[:3])}…" for lab in labs)
+        raise UserError(f"no lab of run {run.run_id} holds {' '.join(names) or 'the guests'}"
+                        f" ({known or 'it has none here'})")
+    entry = (holding or labs)[0]
+    missing = sorted(set(names) - set(entry.guest_names()))
+    if missing:
+        raise UserError(f"no guest {', '.join(map(repr, missing))} in lab {entry.name} of run "
+                        f"{run.run_id}")
+    return entry
+
+
 def newest_kept_run() -> Run | None:
     """The newest run left up on purpose (``scalelab up``, ``--keep-guests``)."""
     kept = [r for r in list_runs() if r.kept]

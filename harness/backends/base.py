@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -107,8 +107,11 @@ class Backend(abc.ABC):
         """Raise UserError if this backend cannot run ``n_guests`` of ``image`` here."""
 
     @abc.abstractmethod
-    def prepare(self, image: Image, ctx: RunContext) -> None:
-        """Once per run, before ``up``: shared resources (bridge, image mount...)."""
+    def prepare(self, image: Image, ctx: RunContext) -> object:
+        """Once per run, before ``up``: shared resources (bridge, image mount...).
+
+        Returns the backend's per-run context (names, places, connections of this run, with
+        nothing left None), which the backend also keeps for ``up``, ``down`` and faults."""
 
     @abc.abstractmethod
     def up(self, specs: Sequence[GuestSpec]) -> list[Guest]:
@@ -208,6 +211,17 @@ class HasHostBridge(Protocol):
     the shards of one host through it."""
 
     bridge: str
+
+
+@runtime_checkable
+class CanAttach(Protocol):
+    """A lab left up (``scalelab up``, ``--keep-guests``) can be reached again from its
+    journal and ``guests.json``, for ``scalelab fault``."""
+
+    @classmethod
+    def attach(cls, state: RunState, lab_dir: Path, inventory: Mapping[str, Any]) -> Backend:
+        """A handle on the kept lab, able to inject faults into its guests."""
+        ...
 
 
 #: Fault kind (as in ``Backend.faults``) → the capability that injects it.

@@ -1,0 +1,87 @@
+"""Per-guest cgroups (v1: one directory per controller; v2: one directory): limits, the
+memory a guest uses, and the freezer that pauses it."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from harness.plumbing.units import parse_size
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+V1_CONTROLLERS = ("memory", "cpu", "pids", "freezer")
+
+
+class Cgroups:
+    """Per-guest cgroups on v1 (one directory per controller) or v2 (one directory)."""
+
+    def __init__(self, run_id: str) -> None:
+        self.v2 = (CGROUP_ROOT / "cgroup.controllers").exists()
+        self.base = f"scalelab/{run_id}"
+
+    def paths(self, guest: str) -> list[Path]:
+        if self.v2:
+            return [CGROUP_ROOT / self.base / guest]
+        return [
+            CGROUP_ROOT / c / self.base / guest
+            for c in V1_CONTROLLERS
+            if (CGROUP_ROOT / c).is_dir()
+        ]
+
+    def run_dirs(self) -> list[Path]:
+        """The run-level parent directories (removed after the guests')."""
+        if self.v2:
+            return [CGROUP_ROOT / self.base, CGROUP_ROOT / "scalelab"]
+        out = []
+        for c in V1_CONTROLLERS:
+            if (CGROUP_ROOT / c).is_dir():
+                out += [CGROUP_ROOT / c / self.base]
+        return out
+
+    def create(self, guest: str, memory: str | None, cpus: float | None) -> list[Path]:
+        paths = self.paths(guest)
+        if self.v2:
+            top = CGROUP_ROOT / "scalelab"
+            top.mkdir(exist_ok=True)
+            for d in (CGROUP_ROOT, top, CGROUP_ROOT / self.base):
+                d.mkdir(exist_ok=True)
+                with contextlib.suppress(OSError):
+                    (d / "cgroup.subtree_control").write_text("+memory +cpu +pids")
+        for p in paths:
+            p.mkdir(parents=True, exist_ok=True)
+        if memory:
+            limit = str(parse_size(memory, "memory size"))
+            if self.v2:
+                (paths[0] / "memory.max").write_text(limit)
+            else:
+                (CGROUP_ROOT / "memory" / self.base / guest / "memory.limit_in_bytes").write_text(
+                    limit
+                )
+        if cpus:
+            period = 100_000
+            quota = int(cpus * period)
+            if self.v2:
+                (paths[0] / "cpu.max").write_text(f"{quota} {period}")
+            else:
+                cpu = CGROUP_ROOT / "cpu" / self.base / guest
+                (cpu / "cpu.cfs_period_us").write_text(str(period))
+                (cpu / "cpu.cfs_quota_us").write_text(str(quota))
+        return paths
+
+    def memory_bytes(self, guest: str) -> int | None:
+        f = (
+            CGROUP_ROOT / self.base / guest / "memory.current"
+            if self.v2
+            else CGROUP_ROOT / "memory" / self.base / guest / "memory.usage_in_bytes"
+        )
+        try:
+            return int(f.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def freeze(self, guest: str, frozen: bool) -> None:
+        if self.v2:
+            (CGROUP_ROOT / self.base / guest / "cgroup.freeze").write_text("1" if frozen else "0")
+        else:
+            state = CGROUP_ROOT / "freezer" / self.base / guest / "freezer.state"
+            state.write_text("FROZEN" if frozen else "THAWED")
