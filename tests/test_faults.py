@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import select
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from harness.image.cache import Image
 from harness.lab import Lab
 from harness.quorum import QuorumNotMet, check_quorum
 from harness.session import Session
+from harness.state import RunState, list_states
 from harness.workloads import REMOTE_DIR, Agents
 
 pytestmark = pytest.mark.integration
@@ -119,6 +121,82 @@ def test_isolate_and_bandwidth(lab4: tuple[Session, Lab]) -> None:
     assert time.monotonic() - t0 < slow / 2
 
 
+def _freezer_state(lab: Lab, guest: str) -> str:
+    (path,) = Path("/sys/fs/cgroup/freezer/scalelab").glob(f"*/{guest}/freezer.state")
+    assert lab.state is not None and lab.state.run_id in str(path), path
+    return path.read_text().strip()
+
+
+def _host_veth(lab: Lab, guest: str) -> str:
+    """The host end of a guest's veth, as the run's journal names it (with its netns)."""
+    assert lab.state is not None
+    (veth,) = [str(r.get("name")) for r in lab.state.resources
+               if r.kind == "link" and str(r.get("netns", "")).endswith(f"-{guest}")]
+    assert Path(f"/sys/class/net/{veth}").exists(), veth
+    return veth
+
+
+def _has_tbf(dev: str) -> bool:
+    out = subprocess.run(["tc", "qdisc", "show", "dev", dev], capture_output=True, text=True,
+                         check=True).stdout
+    return " tbf " in f" {out}"
+
+
+def test_schedule_runs_each_fault_at_its_offset(lab4: tuple[Session, Lab]) -> None:
+    """A plan of four faults: each row starts at its offset and lasts its duration, and each
+    fault is seen on the host (frozen cgroup, veth down, tbf, dead guest) inside its row's
+    window and nowhere else."""
+    s, lab = lab4
+    fleet = lab.require_fleet()
+    rec = s.recorder("schedule", 4)
+    nem = Nemesis(lab.backend, rec, fleet)
+    g0, g1, g2, g3 = fleet.names
+    veth0, veth2 = _host_veth(lab, g0), _host_veth(lab, g2)
+    assert fleet.run("true").ok  # all four up before the plan starts
+    assert _freezer_state(lab, g1) == "THAWED" and not _has_tbf(veth0)
+    plan: list[tuple[float, str, list[str], float]] = [
+        (0.5, "pause", [g1], 1.0),
+        (2.0, "isolate", [g2], 1.0),
+        (3.5, "bandwidth:1mbit", [g0], 1.0),
+        (5.0, "kill", [g3], 0.0),
+    ]
+    t0 = time.time_ns()
+    thread = nem.schedule(plan)
+    samples: list[tuple[int, bool, bool, bool]] = []
+    while thread.is_alive() and time.time_ns() - t0 < 60 * 10**9:
+        at = time.time_ns()
+        down = Path(f"/sys/class/net/{veth2}/operstate").read_text().strip() == "down"
+        samples.append((at, _freezer_state(lab, g1) == "FROZEN", down, _has_tbf(veth0)))
+        time.sleep(0.05)
+    thread.join(5)
+    assert not thread.is_alive()
+
+    rows = rec.timings()
+    faults = rows[rows["phase"] == "fault"]
+    slack = int(1.5e9)  # how late a busy 2-core host may wake the nemesis thread
+    for i, (offset, kind, names, duration) in enumerate(plan):
+        op = kind.split(":")[0]
+        (row,) = faults[faults["op"] == op].to_dict(orient="records")
+        assert row["guest"] == names[0]
+        start = int(pd.Timestamp(row["start"]).value)
+        assert t0 + int(offset * 1e9) <= start < t0 + int(offset * 1e9) + slack, (kind, start)
+        assert float(row["duration_s"]) >= duration
+        if kind == "bandwidth:1mbit":
+            assert row["error"] == "1mbit"  # the rate is kept with the band
+        if op == "kill":
+            continue
+        end = int(pd.Timestamp(row["end"]).value)
+        seen = [t for t, *flags in samples if flags[i]]
+        assert seen, f"{kind} was never seen on the host"
+        # Sampled before the state is read: a sample may be stamped a little early.
+        assert all(start - int(0.2e9) <= t <= end for t in seen), (kind, start, end, seen)
+    # The kill: a lost row at the kill, the guest out of the fleet, everyone else fine.
+    lost = rows[rows["phase"] == "lost"]
+    assert list(lost["guest"]) == [g3] and g3 in fleet.lost
+    assert fleet.run("true", names=[g0, g1, g2]).ok
+    assert _freezer_state(lab, g1) == "THAWED" and not _has_tbf(veth0)
+
+
 KILL_SCENARIO = """
 import pytest
 from harness.faults import Nemesis
@@ -182,6 +260,7 @@ import sys
 from pathlib import Path
 from harness.config import build_config
 from harness.session import Session
+from harness.state import RunState, list_states
 cfg = build_config({"guests": sys.argv[1], "reports_dir": sys.argv[2]}, Path(sys.argv[3]))
 s = Session(cfg)
 print("START", flush=True)
@@ -191,23 +270,66 @@ sys.stdin.read()
 """
 
 
+def _journal_of(pid: int) -> RunState | None:
+    """The state journal of the run owned by ``pid`` (None until it has written one)."""
+    mine = [st for st in list_states() if st.header.get("pid") == pid]
+    return mine[0] if mine else None
+
+
 def test_sigkill_during_bringup_then_clean_10_times(image: Image, tmp_path: Path) -> None:
     """Kill the owner at a random moment of a 32-guest bring-up; `scalelab clean` must
-    remove exactly what it made, every time."""
+    remove exactly what it made, every time.
+
+    The moment is "after the journal names K resources" for a random K (and, twice, "once
+    all 32 guests answered"), and each kill checks first that the owner was alive and that
+    its resources really existed on this host: a kill of a process that had made nothing yet
+    (or had already died) would prove nothing about the cleanup.
+    """
     before = snapshot()
     rng = random.Random(1234)
-    for cycle in range(10):
+    moments: list[int | str] = [rng.randint(1, 200) for _ in range(8)] + ["up", "up"]
+    rng.shuffle(moments)
+    seen_processes = 0
+    after_up = 0  # kills meant for the middle of a bring-up that came after its end
+    for cycle, moment in enumerate(moments):
         proc = subprocess.Popen(
             [sys.executable, "-c", UP_SCRIPT, "32", str(tmp_path), str(PROJECT)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "START"
-        time.sleep(rng.uniform(0.05, 1.5))
+        if moment == "up":
+            assert proc.stdout.readline().strip() == "UP", cycle
+        else:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                journal = _journal_of(proc.pid)
+                if journal is not None and len(journal.resources) >= int(moment):
+                    break
+                if select.select([proc.stdout], [], [], 0.01)[0]:  # all up before K: kill now
+                    assert proc.stdout.readline().strip() == "UP", cycle
+                    after_up += 1
+                    break
+            else:
+                raise AssertionError(f"cycle {cycle}: {moment} resources never journalled")
+        # Just before the kill: the owner is alive, and what its journal names is there.
+        assert proc.poll() is None, (cycle, "the owner died before it was killed")
+        journal = _journal_of(proc.pid)
+        assert journal is not None and journal.resources, cycle
+        up = before.diff(snapshot())
+        assert up.get("states") == {journal.dir.name}, (cycle, up)
+        assert set(up) > {"states"}, (cycle, "nothing but the journal existed", up)
+        if moment == "up":
+            assert len(up.get("procs", ())) >= 32 and len(up.get("netns", ())) == 32, up
+        seen_processes += bool(up.get("procs"))
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        out = subprocess.run([sys.executable, "-m", "harness.cli", "clean"],
+        assert proc.returncode == -signal.SIGKILL
+        out = subprocess.run([sys.executable, "-m", "harness.cli", "clean", journal.run_id],
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, (cycle, out.stdout, out.stderr)
+        assert journal.run_id in out.stdout, (cycle, out.stdout)
         left = before.diff(snapshot())
         assert left == {}, (cycle, left)
+    assert seen_processes >= 2  # at least the "up" kills had guests running
+    assert after_up <= 4, "most kills should land in the middle of a bring-up"
