@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pandas as pd
@@ -22,12 +24,15 @@ from harness.backends.base import Guest
 from harness.backends.qemu import QemuBackend, qmp
 from harness.config import build_config
 from harness.errors import LabError, UserError
+from harness.faults import Nemesis
 from harness.identity import run_tag
 from harness.image.build import sha256_file
 from harness.image.cache import Image
 from harness.lab import Lab, ensure_image
+from harness.report import render_report
 from harness.session import Session
 from harness.state import STATE_ROOT, list_states, process_alive
+from harness.workloads import roundtrip
 
 pytestmark = pytest.mark.vm
 N = 2
@@ -353,12 +358,148 @@ def test_check_refuses_clearly(vm_image: Image, tmp_path: Path,
     assert "apt-get install qemu-system-x86" in refusal("qemu://")
 
 
-def test_accel_auto_says_what_it_chose(vm_image: Image) -> None:
+def _kvm_this_host_can_run() -> tuple[bool, str]:
+    """What this host's KVM is, from its own facts (not from the harness's probe).
+
+    ``/dev/kvm`` here is PVM (module kvm_pvm, no vmx/svm flag in /proc/cpuinfo): it only runs
+    guests whose kernel is built for PVM, and the image's Debian kernel is not.  With hardware
+    virtualisation (vmx/svm) and no PVM, a KVM guest is expected to boot.
+    """
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False, "no /dev/kvm"
+    flags = set(Path("/proc/cpuinfo").read_text().split())
+    if Path("/sys/module/kvm_pvm").exists() and not flags & {"vmx", "svm"}:
+        return False, "PVM"
+    return bool(flags & {"vmx", "svm"}), "hardware virtualisation"
+
+
+# The probe VM reaches no panic message: it either exits (PVM refuses the guest) or hangs
+# until the probe's timeout; both say that a KVM test VM did not run.
+PROBE_FAILED = re.compile(r"KVM test VM failed: .+|a KVM test VM did not boot within \d+s")
+
+
+def test_accel_auto_says_what_it_chose(vm_image: Image, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # A cache of its own: the probe really runs (a remembered answer could be stale).
+    monkeypatch.setenv("SCALELAB_CACHE", str(tmp_path))
+    kvm, why = _kvm_this_host_can_run()
     backend = QemuBackend({"accel": "auto"})
     backend._choose_accel(vm_image)
-    assert backend.accel in ("kvm", "tcg") and backend.accel_reason
-    if backend.accel == "tcg":
-        assert "KVM" in backend.accel_reason
+    if kvm:
+        assert (backend.accel, backend.accel_reason) == ("kvm", "a KVM test VM booted")
+    elif why == "no /dev/kvm":
+        assert (backend.accel, backend.accel_reason) == ("tcg",
+                                                         "KVM not usable: no usable /dev/kvm")
+    else:  # PVM: this machine
+        assert backend.accel == "tcg"
+        assert backend.accel_reason.startswith("KVM not usable: "), backend.accel_reason
+        probe = backend.accel_reason.removeprefix("KVM not usable: ")
+        assert PROBE_FAILED.fullmatch(probe), probe
+        # Asked for KVM by name, the same finding is a clear refusal...
+        with pytest.raises(UserError, match=r"accel=kvm: .*KVM test VM.*use accel=tcg"):
+            QemuBackend({"accel": "kvm"})._choose_accel(vm_image)
+    # ...and the answer is remembered for this boot, saying so.
+    again = QemuBackend({"accel": "auto"})
+    again._choose_accel(vm_image)
+    assert again.accel == backend.accel
+    assert again.accel_reason == backend.accel_reason + " (cached)"
+
+
+class _Tables(HTMLParser):
+    """section id → the rows (cell texts) of the tables in it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: dict[str, list[list[str]]] = {}
+        self._section: list[str] = []
+        self._row: list[str] | None = None
+        self._cell: list[str] | None = None
+        self._head = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "section":
+            self._section.append(dict(attrs).get("id") or "")
+        elif tag == "thead":
+            self._head = True
+        elif tag == "tr":
+            self._row = []
+        elif tag == "td":
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "section":
+            self._section.pop()
+        elif tag == "thead":
+            self._head = False
+        elif tag == "td" and self._cell is not None and self._row is not None:
+            self._row.append(" ".join("".join(self._cell).split()))
+            self._cell = None
+        elif tag == "tr" and self._row is not None and not self._head and self._section:
+            self.rows.setdefault(self._section[0], []).append(self._row)
+            self._row = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def test_faults_through_the_nemesis_are_rows_and_bands(session: Session, vm_image: Image,
+                                                        tmp_path: Path) -> None:
+    """Pause, isolate, partition and kill of VMs through the Nemesis: each fault really
+    happens, becomes a fault row (a band of the run's plots over time) and a line of the
+    report's fault table; the killed VM is lost in the report."""
+    lab = session.lab_up(2, name="nemesis")
+    scenario = "test_qemu_nemesis"
+    try:
+        fleet = lab.require_fleet()
+        a, b = fleet.names
+        guest = fleet.guests[b]
+        rec = session.recorder(scenario, 2, lab=lab.name)
+        nem = Nemesis(lab.backend, rec, fleet)
+        roundtrip(fleet, rec, rounds=2)  # workload rows: the timeline the bands lie on
+        with nem.paused([b]):
+            assert qmp(Path(guest.info["qmp"]), "query-status")["status"] == "paused"
+            assert fleet.run("true", names=[b], timeout=2).failed == {b: "timeout"}
+        assert fleet.run("true", names=[b], timeout=60).ok
+        with nem.isolated([b]), pytest.raises(OSError):
+            socket.create_connection((guest.spec.address, 22), timeout=1).close()
+        probe = f"timeout 3 bash -c 'echo > /dev/tcp/{guest.spec.address}/22'"
+        assert fleet.run(probe, names=[a], timeout=30)[a].ok
+        with nem.partitioned([a], [b]):
+            assert not fleet.run(probe, names=[a], timeout=30)[a].ok
+        assert fleet.run(probe, names=[a], timeout=30)[a].ok
+        pid = int(guest.info["pid"])
+        assert process_alive(pid, None)  # running until the kill
+        nem.kill([b])
+        assert not process_alive(pid, None)
+        roundtrip(fleet, rec, rounds=2)
+    finally:
+        assert lab.stop() == []
+
+    t = rec.timings()
+    faults = t[t["phase"] == "fault"]
+    assert sorted(zip(faults["op"], faults["guest"], strict=True)) == sorted(
+        [("pause", b), ("isolate", b), ("partition", a), ("partition", b), ("kill", b)])
+    # The bands: every fault window inside the span of the scenario's workload rows.
+    wl = t[t["phase"] == "workload"]
+    assert (faults["start"] >= wl["start"].min()).all()
+    assert (faults["end"] <= wl["end"].max()).all()
+    # Lost from the kill on: left out of the rounds after it, which the other VM still ran.
+    killed_at = faults[faults["op"] == "kill"]["end"].max()
+    after_kill = wl[wl["start"] > killed_at]
+    assert list(after_kill["guest"]) == [a, a] and after_kill["ok"].all()
+    (lost,) = t[t["phase"] == "lost"].to_dict(orient="records")
+    assert lost["guest"] == b and lost["error_class"] == "lost"
+
+    index = render_report(session.run_dir, out_dir=tmp_path / "report")
+    html = index.read_text()
+    tables = _Tables()
+    tables.feed(html)
+    shown = sorted((r[0], r[1]) for r in tables.rows.get("faults", []) if r[2] == scenario)
+    assert shown == sorted([("pause", b), ("isolate", b), ("partition", a), ("partition", b),
+                            ("kill", b)])
+    assert [r[0] for r in tables.rows.get("lost", []) if r[1] == scenario] == [b]
+    assert f'id="plot-{scenario}-timeline"' in html
 
 
 def test_pytest_plugin_ssh_fanout_on_qemu(vm_image: Image, tmp_path: Path) -> None:
