@@ -236,9 +236,13 @@ def test_two_of_sixteen_killed_quorum_passes(image: Image, tmp_path: Path) -> No
     for g in ("g003", "g004"):
         killed_at = kills[kills["guest"] == g]["start"].iloc[0]
         mine = rt[rt["guest"] == g]
-        # No row measured before the kill is missing; afterwards the guest is lost.
+        # No row measured before the kill is missing; afterwards the guest is left out.
         assert (mine[mine["end"] <= killed_at]["ok"]).sum() == 3
-        assert (mine[mine["start"] > killed_at]["error_class"] == "lost").all()
+        assert mine[mine["start"] > killed_at].empty
+    # ...while the 14 others ran the three rounds after the kills too.
+    last_kill = kills["end"].max()
+    after = rt[rt["start"] > last_kill]
+    assert len(after) == 14 * 3 and after["ok"].all()
     assert rt[~rt["guest"].isin(["g003", "g004"])]["ok"].all()
     html = (run / "index.html").read_text()
     assert "g003" in html and "g004" in html

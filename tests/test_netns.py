@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import stat
 import subprocess
 import sys
 import time
@@ -18,6 +20,7 @@ from leaks import PROJECT, snapshot
 
 from harness.backends.base import Guest
 from harness.config import build_config
+from harness.identity import KeyPair
 from harness.image.build import sha256_file
 from harness.image.cache import Image
 from harness.lab import Lab
@@ -235,9 +238,45 @@ def test_sigkill_then_clean(image: Image, tmp_path: Path) -> None:
     assert before.diff(snapshot()) == {}  # ...and clean removes them all
 
 
-def test_guest_is_a_guest_object(lab: Lab) -> None:
-    assert all(isinstance(g, Guest) for g in lab.guests)
-    assert len({g.name for g in lab.guests}) == N
+def test_guest_objects_describe_the_running_guests(lab: Lab) -> None:
+    """What a Guest says (name, address, port, upper layer) is what is running."""
+    fleet = lab.require_fleet()
+    assert [type(g) for g in lab.guests] == [Guest] * N
+    assert sorted(g.name for g in lab.guests) == sorted(fleet.names)
+    assert len({g.name for g in lab.guests}) == N  # and a set of them is keyed by name
+    for g in lab.guests:
+        assert g.name == g.spec.name and repr(g) == f"Guest({g.name} {g.host}:{g.port})"
+        assert (g.host, g.port, g.jump) == (g.spec.address, 22, None)
+        # Its address answers with OpenSSH's banner...
+        with socket.create_connection((g.host, g.port), timeout=10) as sock:
+            assert sock.recv(64).startswith(b"SSH-2.0-OpenSSH")
+        # ...and the upper layer it names is the one under the guest's own root.
+        root = run_ok(lab, g.name, "grep ' / / ' /proc/self/mountinfo")
+        assert f"upperdir={g.info['upper']}," in root, root
+        assert Path(g.info["upper"]).is_dir()
+
+
+def test_a_client_key_the_guest_does_not_know_is_auth(lab: Lab) -> None:
+    """A real sshd refusing our key: class auth, final at once (not waited out)."""
+    g = lab.guests[0]
+    host_keys = paramiko.HostKeys()
+    host_keys.add(g.host, "ssh-ed25519", load_private_key(g.spec.host_key.private_openssh))
+    stranger = load_private_key(KeyPair.generate().private_openssh)
+    t0 = time.monotonic()
+    with pytest.raises(GuestError) as err:
+        connect_ready(g, stranger, host_keys, HandshakeGate(1), lambda *x: None,
+                      ReadyOptions(timeout=120))
+    assert err.value.error_class == "auth"
+    assert time.monotonic() - t0 < 60  # refused once, not retried until the deadline
+
+
+def test_the_run_client_key_is_private(lab: Lab) -> None:
+    assert lab.state is not None
+    key = lab.state.dir / "id_ed25519"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and key.stat().st_uid == 0
+    assert "PRIVATE KEY" in key.read_text()
+    # The run directory (the report people read and copy) has no copy of it.
+    assert not [p for p in lab.run_dir.rglob("id_ed25519*")]
 
 
 def test_command_streams_are_kept_apart_and_bounded(lab: Lab) -> None:
