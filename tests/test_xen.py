@@ -27,7 +27,7 @@ from harness.config import build_config
 from harness.errors import LabError, UserError
 from harness.identity import XEN_OUI, KeyPair, make_specs
 from harness.image.cache import Image
-from harness.lab import ensure_image
+from harness.image.ensure import ensure_image
 from harness.runinfo import new_run_id
 from harness.state import RunState
 

@@ -112,7 +112,7 @@ class XenBackend(Backend):
         if self.target.local:
             files = {k: str(v) for k, v in bundle_sources(image).items()}
         else:
-            files = ensure_bundle(d, self.opts.workdir, image, ctx.run_id, self._record)
+            files = self._ensure_bundle(d, image)
         # Real paths: xenstore, losetup and the journal then all name a file the same way.
         real = d.check(["readlink", "-f", *files.values()], "resolving the image paths")
         self.files = dict(zip(files, real.splitlines(), strict=True))
@@ -126,6 +126,11 @@ class XenBackend(Backend):
                              d.server_key_line(), identity_file=self.target.key)
             self.jump_clients = {self.jump: d.jump_client}
         (ctx.run_dir / "xen").mkdir(exist_ok=True)
+
+    def _ensure_bundle(self, d: Dom0, image: Image) -> dict[str, str]:
+        """The image, kernel and initramfs on dom0, copied once per build (by digest)."""
+        assert self.ctx is not None
+        return ensure_bundle(d, self.opts.workdir, image, self.ctx.run_id, self._record)
 
     # -- up ----------------------------------------------------------------------------------
 
