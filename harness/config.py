@@ -13,7 +13,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from harness.backendurl import BackendURL, parse_backend
 from harness.errors import UserError
+from harness.image.recipe import Recipe, load_recipe
 from harness.plumbing.units import parse_size
 
 MAX_GUESTS = 4096
@@ -149,10 +151,24 @@ class LabConfig:
     ready_timeout: float = 300.0
     cluster: str | None = None
     project_dir: Path = field(default_factory=Path.cwd)
+    #: ``backend`` parsed, and the image recipe loaded, once, when the config is made: the
+    #: layers below read these and never parse the text again.
+    backend_url: BackendURL = field(init=False, repr=False)
+    recipe_spec: Recipe = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.backend_url = parse_backend(self.backend)
+        self.recipe_spec = load_recipe(Path(self.recipe) if self.recipe else None,
+                                       self.project_dir)
 
     @property
     def max_guests(self) -> int:
         return max(self.guests)
+
+    def settings(self) -> dict[str, Any]:
+        """What the user set, for run.json (the parsed forms are derived from these)."""
+        derived = {"project_dir", "backend_url", "recipe_spec"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in derived}
 
 
 def pyproject_defaults(project_dir: Path) -> dict[str, Any]:
@@ -182,14 +198,11 @@ def build_config(given: dict[str, Any], project_dir: Path) -> LabConfig:
         if value is None or (opt.flag and value is False):
             value = defaults.get(opt.name, opt.default)
         merged[opt.name] = opt.parse(value) if value is not None else None
-    names = {f.name for f in fields(LabConfig)}
-    cfg = LabConfig(**{k: v for k, v in merged.items() if k in names and v is not None})
-    cfg.project_dir = project_dir
-    from harness.backends import parse_backend
-
-    parse_backend(cfg.backend)  # fail early on an unknown scheme
+    names = {f.name for f in fields(LabConfig) if f.init}
+    cfg = LabConfig(**{k: v for k, v in merged.items() if k in names and v is not None},
+                    project_dir=project_dir)
     if cfg.report_tz is not None:
-        from harness.report import resolve_zone
+        from harness.report.zones import resolve_zone
 
         resolve_zone(cfg.report_tz)  # an unknown zone fails now, not after the run
     return cfg

@@ -25,7 +25,7 @@ from typing import Any
 from harness.backends.base import Backend, FaultNotSupported, Guest
 from harness.backends.inject import FaultAction, inject, require
 from harness.errors import UserError
-from harness.ssh import Fleet
+from harness.ssh import FanOut
 from harness.store import Recorder
 
 
@@ -49,7 +49,7 @@ class Nemesis:
 
     backend: Backend
     recorder: Recorder
-    fleet: Fleet | None = None
+    fleet: FanOut | None = None
     open: list[_Open] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -90,11 +90,7 @@ class Nemesis:
             self.recorder.timing("lost", now, now, guest=name, phase="lost", ok=False,
                                  error_class="lost", error="killed by the nemesis")
             if self.fleet is not None:
-                self.fleet.lost.setdefault(name, now)
-                client = self.fleet.clients.get(name)
-                if client is not None:
-                    with contextlib.suppress(Exception):
-                        client.close()
+                self.fleet.lose(name)
 
     @contextlib.contextmanager
     def paused(self, names: Sequence[str]) -> Iterator[None]:

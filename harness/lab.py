@@ -3,39 +3,36 @@
 ``Lab`` ties the parts together: it picks the image, derives identities, journals every
 resource, asks the backend to start the guests, waits for each to answer SSH (recording
 every phase as a timing row), exports ``ssh_config``/``known_hosts`` and hands out a
-``Fleet`` for fan-out.  ``stop()`` takes everything down and never raises.
+``Fleet`` for fan-out (a ``FanOut``).  ``stop()`` takes everything down and never raises.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import paramiko
 
-from harness.backends import load_backend, parse_backend
-from harness.backends.base import Backend, Guest, HasFootprint, HasJumpHosts, RunContext
+from harness.backends import load_backend
+from harness.backends.base import Backend, Guest, HasFootprint, HasJumpHosts, Jump, RunContext
 from harness.config import LabConfig
 from harness.errors import LabError
 from harness.identity import GuestSpec, KeyPair, choose_subnet, make_specs, preflight
 from harness.image import cache
 from harness.image.ensure import ensure_image
+from harness.readywait import ReadyWaiter, WaitHooks
 from harness.ssh import (
+    FanOut,
     Fleet,
     GuestError,
-    HandshakeGate,
-    ReadyOptions,
-    connect_ready,
-    host_keys_for,
     load_private_key,
     write_client_key,
     write_exports,
@@ -54,6 +51,18 @@ DEFAULT_LAB = "default"
 def name_label(lab: str) -> str:
     """What a lab's guest names start with: nothing for the default lab, ``<lab>-`` else."""
     return "" if lab == DEFAULT_LAB else f"{lab}-"
+
+
+@dataclass(frozen=True)
+class LabPlan:
+    """What :meth:`Lab.plan` decided and journalled: who the guests are and how they are
+    reached; :meth:`Lab.boot` starts them from it."""
+
+    specs: list[GuestSpec]
+    subnet: IPv4Network
+    client_key: KeyPair
+    key_path: Path
+    state: RunState
 
 
 @dataclass
@@ -93,15 +102,16 @@ class Lab:
         self.progress = progress or (lambda total, s, r, f: None)
         self.image = image
         self.name_prefix = name_label(name) + "g" if name_prefix is None else name_prefix
-        url = parse_backend(config.backend)
-        self.backend: Backend = load_backend(url)
+        self.backend: Backend = load_backend(config.backend_url)
         self.state: RunState | None = None
         self.guests: list[Guest] = []
-        self.fleet: Fleet | None = None
+        self.fleet: FanOut | None = None
         self.failures: dict[str, GuestError] = {}
         self.subnet: str | None = None
         #: The client key that logs in to this lab's guests (in its state directory).
         self.key_path: Path | None = None
+        #: The lab host the guests run on, when the lab is a cluster's shard.
+        self.lab_host = ""
         self.bringup_seconds: float | None = None
         self._stats = BringUpStats()
         self._total = 0
@@ -116,6 +126,12 @@ class Lab:
             with self._stats.lock:
                 self._stats.started += 1
             self._report_progress()
+
+    @property
+    def counts(self) -> tuple[int, int, int]:
+        """(started, ready, failed) guests of the bring-up so far."""
+        s = self._stats
+        return s.started, s.ready, s.failed
 
     def _report_progress(self) -> None:
         s = self._stats
@@ -132,47 +148,69 @@ class Lab:
             raise
 
     def _start(self, n: int, min_ready: float, t0: float) -> list[Guest]:
+        """The bring-up, step by step (a cluster lab runs its own flow; its shards run these
+        steps one at a time, as the client asks)."""
+        clients = self.boot(self.plan(n))
+        self.assemble(clients, t0)
+        self.require_ready(n, min_ready)
+        return self.guests
+
+    # -- the steps of a bring-up ---------------------------------------------------------
+
+    def plan(self, n: int, *, subnet: str | None = None,
+             client_key: KeyPair | None = None) -> LabPlan:
+        """Journal, client key and the guests' identities (checked unique); nothing starts."""
         cfg = self.config
-        image = self.image or ensure_image(cfg, vm=self.backend.needs_vm_image)
-        self.image = image
+        image = self.image = self.image or ensure_image(cfg, vm=self.backend.needs_vm_image)
         self.backend.check(image, n)
-        subnet = choose_subnet(cfg.subnet, n)
-        self.subnet = str(subnet)
+        net = choose_subnet(cfg.subnet if subnet is None else subnet, n)
+        self.subnet = str(net)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.state = RunState.create(self.run_id, kept=False, **self.journal_header())
-        client_key = KeyPair.generate(f"scalelab-{self.run_id}")
+        key = client_key or KeyPair.generate(f"scalelab-{self.run_id}")
         # The private key lives with the run's state (mode 0600), never in the report.
-        key_path = write_client_key(self.state.dir, client_key)
-        specs: list[GuestSpec] = make_specs(
-            self.run_id, n, subnet, oui=self.backend.mac_oui, prefix=self.name_prefix,
+        self.key_path = write_client_key(self.state.dir, key)
+        specs = [self.identity(s) for s in make_specs(
+            self.run_id, n, net, oui=self.backend.mac_oui, prefix=self.name_prefix,
             memory=cfg.guest_memory, cpus=cfg.guest_cpus,
-        )
+        )]
         preflight(specs)
         self.recorder.store.guest_labs.update((s.name, self.name) for s in specs)
+        return LabPlan(specs, net, key, self.key_path, self.state)
+
+    def identity(self, spec: GuestSpec) -> GuestSpec:
+        """A guest's identity as the lab gives it (a shard: the cluster's, see ShardLab)."""
+        return spec
+
+    def boot(self, plan: LabPlan) -> dict[str, paramiko.SSHClient]:
+        """Start the planned guests and wait until each answers SSH; the clients of those
+        that did (the others are in ``failures``)."""
+        net = plan.subnet
         ctx = RunContext(
-            run_id=self.run_id,
-            state=self.state,
-            run_dir=self.run_dir,
-            client_public_key=client_key.public_openssh,
-            on_phase=self._phase,
-            options={
-                "subnet": str(subnet),
-                "subnet_gateway": f"{specs[0].gateway}/{subnet.prefixlen}",
-            },
+            run_id=self.run_id, state=plan.state, run_dir=self.run_dir,
+            client_public_key=plan.client_key.public_openssh, on_phase=self._phase,
+            options={"subnet": str(net),
+                     "subnet_gateway": f"{plan.specs[0].gateway}/{net.prefixlen}"},
         )
-        clients = self._bring_up(specs, ctx, key_path, client_key.private_openssh)
-        guests = self.guests
-        ready = len(clients)
-        if ready < min_ready * n or ready == 0:
-            shown = "; ".join(str(e) for e in list(self.failures.values())[:3])
-            raise LabError(f"{n - ready} of {n} guests did not come up: {shown}")
-        by_name = {g.name: g for g in guests}
-        order = [g.name for g in guests if g.name in clients]
-        self.fleet = Fleet({n_: clients[n_] for n_ in order}, by_name, cfg.fanout_workers)
+        return self._bring_up(plan.specs, ctx, plan.key_path, plan.client_key.private_openssh)
+
+    def assemble(self, clients: dict[str, paramiko.SSHClient], t0: float) -> None:
+        """The fleet over the guests that answered (the others lost from the start), and
+        what each guest costs the host."""
+        by_name = {g.name: g for g in self.guests}
+        order = [g.name for g in self.guests if g.name in clients]
+        self.fleet = Fleet({n_: clients[n_] for n_ in order}, by_name, self.config.fanout_workers)
         for name in self.failures:
             self.fleet.lost[name] = time.time_ns()
         self.bringup_seconds = time.monotonic() - t0
         self._record_footprint()
-        return guests
+
+    def require_ready(self, n: int, min_ready: float) -> None:
+        """LabError unless at least ``min_ready`` of ``n`` guests (and one at least) answered."""
+        ready = len(self.require_fleet().names)
+        if ready < min_ready * n or ready == 0:
+            shown = "; ".join(str(e) for e in list(self.failures.values())[:3])
+            raise LabError(f"{n - ready} of {n} guests did not come up: {shown}")
 
     def journal_header(self) -> dict[str, Any]:
         """What the lab's state journal says of it: which run and lab, and where they write."""
@@ -200,20 +238,23 @@ class Lab:
         (self.run_dir / "guests.json").write_text(json.dumps(inventory, indent=1) + "\n")
 
     def _bring_up(self, specs: list[GuestSpec], ctx: RunContext, key_path: Path,
-                  private_key: str, lab_host: str = "") -> dict[str, paramiko.SSHClient]:
+                  private_key: str) -> dict[str, paramiko.SSHClient]:
         """Start the guests and wait for each to answer SSH; the clients of those that did.
 
         Each guest is waited for from the moment the backend says it is started, so the
         handshakes of the first guests overlap the starting of the last.
         """
         assert self.image is not None
-        waiter = _ReadyWaiter(self, load_private_key(private_key))
+        waiter = ReadyWaiter(load_private_key(private_key), self.config, WaitHooks(
+            on_phase=self._phase, on_ready=self._ready, on_failed=self._ready_failed,
+            dead=self.backend.dead, jump_clients=self._jump_clients,
+        ))
         ctx.on_started = waiter.submit
         try:
             self.backend.prepare(self.image, ctx)
             guests = self.backend.up(specs)
             for g in guests:
-                g.lab_host = lab_host or g.lab_host
+                g.lab_host = self.lab_host or g.lab_host
             self.guests = guests
             self.key_path = key_path
             write_exports(self.run_dir, [(guests, key_path)])
@@ -225,6 +266,15 @@ class Lab:
             waiter.abandon()
             raise
 
+    def _jump_clients(self) -> dict[Jump, paramiko.SSHClient]:
+        # Read when each wait starts: a backend sets its jump clients in prepare().
+        return self.backend.jump_clients if isinstance(self.backend, HasJumpHosts) else {}
+
+    def _ready(self, name: str) -> None:
+        with self._stats.lock:
+            self._stats.ready += 1
+        self._report_progress()
+
     def _ready_failed(self, name: str, err: GuestError) -> None:
         self.failures[name] = err
         now = time.time_ns()
@@ -232,6 +282,7 @@ class Lab:
                              error_class=err.error_class, error=err.message)
         with self._stats.lock:
             self._stats.failed += 1
+        self._report_progress()
 
     def _record_footprint(self) -> None:
         """Per-guest memory and copy-on-write bytes, as metric rows."""
@@ -243,7 +294,7 @@ class Lab:
 
     # -- use -----------------------------------------------------------------------------
 
-    def require_fleet(self) -> Fleet:
+    def require_fleet(self) -> FanOut:
         if self.fleet is None:
             raise LabError("the lab is not up")
         return self.fleet
@@ -285,12 +336,16 @@ class Lab:
             with contextlib.suppress(Exception):
                 self.fleet.close()
         try:
-            problems += self.backend.down()
+            problems += self.take_down_guests()
         except Exception as exc:
             problems.append(f"backend down: {exc}")
         if self.state is not None:
             problems += self.state.remove_all()
         return problems
+
+    def take_down_guests(self) -> list[str]:
+        """The guests and what the backend made for them (a cluster: every shard's)."""
+        return self.backend.down()
 
     def __enter__(self) -> Lab:
         return self
@@ -302,67 +357,3 @@ class Lab:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-
-class _ReadyWaiter:
-    """The readiness waits of one bring-up: a thread per guest (at most 256 at once)."""
-
-    def __init__(self, lab: Lab, key: paramiko.PKey) -> None:
-        cfg = lab.config
-        self.lab, self.key = lab, key
-        self.gate = HandshakeGate(cfg.ssh_concurrency)
-        self.opts = ReadyOptions(timeout=cfg.ready_timeout)
-        self.pool = ThreadPoolExecutor(max_workers=256, thread_name_prefix="ready")
-        self.futures: dict[Future[paramiko.SSHClient], Guest] = {}
-        self.submitted: set[str] = set()
-        self.abandoned = False
-        self.lock = threading.Lock()
-
-    def _dead(self, guest: Guest) -> str | None:
-        if self.abandoned:
-            return "the bring-up was abandoned"
-        return self.lab.backend.dead(guest)
-
-    def submit(self, guest: Guest) -> None:
-        """Start waiting for ``guest`` (once; later calls for it do nothing)."""
-        with self.lock:
-            if guest.name in self.submitted:
-                return
-            self.submitted.add(guest.name)
-            # Read now: a backend sets its jump clients in prepare().
-            backend = self.lab.backend
-            jumps = backend.jump_clients if isinstance(backend, HasJumpHosts) else {}
-            fut = self.pool.submit(
-                connect_ready, guest, self.key, host_keys_for([guest]), self.gate,
-                self.lab._phase, self.opts, jumps, functools.partial(self._dead, guest))
-            self.futures[fut] = guest
-
-    def collect(self) -> dict[str, paramiko.SSHClient]:
-        """Wait for every submitted guest; failures go to the lab's ``failures``."""
-        clients: dict[str, paramiko.SSHClient] = {}
-        try:
-            for fut in as_completed(list(self.futures)):
-                g = self.futures[fut]
-                try:
-                    clients[g.name] = fut.result()
-                    with self.lab._stats.lock:
-                        self.lab._stats.ready += 1
-                except GuestError as err:
-                    self.lab._ready_failed(g.name, err)
-                self.lab._report_progress()
-        except BaseException:
-            for c in clients.values():
-                c.close()
-            self.abandon()
-            raise
-        self.pool.shutdown(wait=False)
-        return clients
-
-    def abandon(self) -> None:
-        """Stop the waits (each ends at its next retry) and close what they opened."""
-        self.abandoned = True
-        self.pool.shutdown(wait=True, cancel_futures=True)
-        for fut in self.futures:
-            if fut.done() and not fut.cancelled() and fut.exception() is None:
-                fut.result().close()
-

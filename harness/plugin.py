@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from harness.backends import backend_class, parse_backend
+from harness.backends import backend_class
 from harness.backends.base import Guest
 from harness.config import OPTIONS, LabConfig, build_config
 from harness.errors import LabError, UserError
@@ -24,7 +24,7 @@ from harness.image.ensure import ensure_image
 from harness.lab import DEFAULT_LAB, Lab
 from harness.preflight import preflight_lab
 from harness.session import Session
-from harness.ssh import Fleet
+from harness.ssh import FanOut
 from harness.store import Recorder
 from harness.workloads import Agents
 
@@ -254,7 +254,7 @@ def lab(request: pytest.FixtureRequest, _lab_pool: dict[str, Lab],
             else:
                 image = ensure_image(
                     dataclasses.replace(lab_config, recipe=str(recipe), image=None),
-                    vm=backend_class(parse_backend(lab_config.backend)).needs_vm_image,
+                    vm=backend_class(lab_config.backend_url).needs_vm_image,
                 )
                 the_lab = scalelab_session.lab_up(
                     lab_config.max_guests, image=image,
@@ -283,7 +283,7 @@ def guests(lab: Lab, n_guests: int) -> list[Guest]:
 
 
 @pytest.fixture
-def fleet(lab: Lab, guests: list[Guest]) -> Fleet:
+def fleet(lab: Lab, guests: list[Guest]) -> FanOut:
     """Fan-out over this test's guests (connections are shared with the lab)."""
     return lab.require_fleet().subset(g.name for g in guests)
 
@@ -327,7 +327,7 @@ def lab_factory(
 
 
 @pytest.fixture
-def agents(fleet: Fleet, recorder: Recorder, scalelab_session: Session) -> Iterator[Agents]:
+def agents(fleet: FanOut, recorder: Recorder, scalelab_session: Session) -> Iterator[Agents]:
     """Deploy and run agents on this test's guests; output lands in the timing store.
 
     Servers the test started (``agents.serve``) are stopped when it ends, passed or failed,

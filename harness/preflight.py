@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from harness.backends import load_backend, parse_backend
+from harness.backends import load_backend
 from harness.config import LabConfig
 from harness.errors import UserError
 from harness.identity import choose_subnet
@@ -20,7 +20,7 @@ def preflight_lab(config: LabConfig, n_guests: int) -> cache.Image:
         from harness.cluster.preflight import preflight_cluster
 
         return preflight_cluster(config, n_guests)
-    backend = load_backend(parse_backend(config.backend))
+    backend = load_backend(config.backend_url)
     if backend.requires_root and os.geteuid() != 0:
         raise UserError(f"the {backend.name} backend needs root (namespaces, mounts, network "
                         "devices): run as root")

@@ -43,9 +43,7 @@ class Session:
         self.info: dict[str, Any] = base_info(self.run_id, config.project_dir, config.report_tz)
         self.info["guests"] = config.guests
         self.info["backend"] = {"name": config.backend}
-        self.info["config"] = {
-            k: v for k, v in config.__dict__.items() if k != "project_dir"
-        }
+        self.info["config"] = config.settings()
         self.labs: list[Lab] = []
         self.outcome: dict[str, int] = {}
         self._finished = False

@@ -346,7 +346,7 @@ from harness.quorum import check_quorum
 def test_a_lab_host_dies(lab, fleet, quorum):
     assert fleet.run("true").ok
     victim = lab.shards[-1]
-    os.kill(victim.call("pid"), signal.SIGKILL)
+    os.kill(victim.pid(), signal.SIGKILL)
     group = fleet.run("hostname", timeout=60)
     assert group.failed == dict.fromkeys(victim.names, "lost")
     check_quorum(group, quorum)

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from harness.backends import labnet, load_backend, parse_backend
+from harness.backends import load_backend, parse_backend
 from harness.backends.qemu import (
     QemuBackend,
     QemuOptions,
@@ -38,6 +38,7 @@ from harness.backends.qemu.vm import Vm
 from harness.errors import UserError
 from harness.identity import GuestSpec, make_specs
 from harness.image.cache import Image
+from harness.plumbing import links
 
 RUN = "20260101-000000-abcdef"
 SUBNET = ipaddress.IPv4Network("10.213.9.0/24")
@@ -446,7 +447,7 @@ def host(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.setenv("PATH", str(bin_dir))
     monkeypatch.setattr(Image, "check", lambda self: None)
     monkeypatch.setattr(qemu_backend, "mem_available", lambda: 4 << 30)
-    monkeypatch.setattr(labnet, "tap_possible", lambda: "")
+    monkeypatch.setattr(links, "tap_possible", lambda: "")
     return bin_dir
 
 
@@ -485,7 +486,7 @@ def test_check_refuses_what_memory_cannot_hold(host: Path, tmp_path: Path) -> No
 
 def test_check_refuses_tap_where_taps_are_impossible(host: Path, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(labnet, "tap_possible", lambda: "not root")
+    monkeypatch.setattr(links, "tap_possible", lambda: "not root")
     assert check_refusal({"net": "tap"}, vm_image(tmp_path)) == (
         "qemu option net=tap: not root; use net=user")
     QemuBackend({"net": "auto"}).check(vm_image(tmp_path / "b"), 2)  # auto falls back

@@ -60,12 +60,12 @@ class ClusterBackend(Backend):
         result: dict[str, dict[str, tuple[float, str]]] = {}
         for shard, names in self._by_shard(guests).items():
             if not shard.lost:
-                result.update(shard.call("footprint", names))
+                result.update(shard.footprint(names))
         return result
 
     def _fault(self, action: FaultAction, guests: Sequence[Guest], arg: Any = None) -> None:
         for shard, names in self._by_shard(guests).items():
-            shard.call("fault", str(action), names, arg)
+            shard.fault(str(action), names, arg)
 
     def kill(self, guest: Guest) -> None:
         self._fault(FaultAction.KILL, [guest])
@@ -90,9 +90,9 @@ class ClusterBackend(Backend):
         if len(shards) != 1:
             raise FaultNotSupported("a partition across lab hosts is not supported: both sides "
                                     "must be guests of one lab host")
-        shards.pop().call("fault", str(FaultAction.PARTITION), [g.name for g in side_a],
+        shards.pop().fault(str(FaultAction.PARTITION), [g.name for g in side_a],
                           [g.name for g in side_b])
 
     def heal(self) -> None:
         for shard in {s for s in self.routes.values() if not s.lost}:
-            shard.call("fault", str(FaultAction.HEAL), [], None)
+            shard.fault(str(FaultAction.HEAL), [], None)

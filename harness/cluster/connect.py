@@ -15,14 +15,16 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import WorkerPlugin
 from distributed.versions import VersionMismatchWarning
 
+from harness.backends.base import Footprint, Jump
 from harness.cluster.plan import CONNECT_TIMEOUT, ClusterSpec, LabWorker
 from harness.errors import LabError, UserError
+from harness.ssh import GroupResult
 
 T = TypeVar("T")
 
@@ -224,7 +226,77 @@ class ShardHandle:
     names: list[str] = field(default_factory=list)
     lost: bool = False
 
-    def submit(self, method: str, *args: Any) -> Any:
+    def jump(self) -> Jump:
+        """This lab host as an SSH jump host for a person reaching its guests."""
+        key = self.facts.get("ssh_host_key")
+        line = f"{self.worker.host} {key}" if key else ""
+        return Jump(self.worker.host, 22, "root", line)
+
+    # -- the shard's methods, one typed call each (the actor is duck-typed by Dask) --------
+
+    def now(self) -> int:
+        return int(self._call("now"))
+
+    def pid(self) -> int:
+        return int(self._call("pid"))
+
+    def progress(self) -> tuple[int, int, int]:
+        started, ready, failed = self._call("progress")
+        return int(started), int(ready), int(failed)
+
+    def plan(self, n: int, subnet: str) -> list[dict[str, str]]:
+        return cast(list[dict[str, str]], self._call("plan", n, subnet))
+
+    def start_boot(self) -> Any:
+        """Boot starts on every shard at once; :meth:`booted` waits for one."""
+        return self._submit("boot")
+
+    def booted(self, fut: Any) -> dict[str, Any]:
+        return cast(dict[str, Any], self.wait(fut))
+
+    def drain(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        timings, metrics = self._call("drain")
+        return list(timings), list(metrics)
+
+    def link(self, peers: list[str]) -> GroupResult:
+        return self._group(self._call("link", peers))
+
+    def footprint(self, names: list[str]) -> Footprint:
+        return cast(Footprint, self._call("footprint", names))
+
+    def fault(self, action: str, names: list[str], arg: Any = None) -> None:
+        self._call("fault", action, names, arg)
+
+    def keep(self) -> None:
+        self._call("keep")
+
+    def stop(self) -> list[str]:
+        return [str(p) for p in self._call("stop")]
+
+    # Fan-out calls start on every shard concerned at once, then are waited for.
+
+    def start_run(self, command: str, timeout: float | None, names: list[str]) -> Any:
+        return self._submit("run", command, timeout, names)
+
+    def start_map(self, func: bytes, names: list[str]) -> Any:
+        return self._submit("map", func, names)
+
+    def start_put(self, upload: Any, remote: str, mode: int | None, names: list[str]) -> Any:
+        return self._submit("put", upload, remote, mode, names)
+
+    def group(self, fut: Any) -> GroupResult:
+        """The GroupResult a fan-out call started with ``start_*`` gave."""
+        return self._group(self.wait(fut))
+
+    # -- transport ---------------------------------------------------------------------------
+
+    def _group(self, got: Any) -> GroupResult:
+        if not isinstance(got, GroupResult):
+            raise LabError(f"lab host {self.lab_host} answered {type(got).__name__}, "
+                           "not a group result")
+        return got
+
+    def _submit(self, method: str, *args: Any) -> Any:
         """Start ``method(*args)`` on the shard; returns its ActorFuture."""
         try:
             return getattr(self.actor, method)(*args)
@@ -250,8 +322,8 @@ class ShardHandle:
                     raise ShardLost(f"lab host {self.lab_host} is lost: {exc}") from None
                 raise
 
-    def call(self, method: str, *args: Any) -> Any:
-        return self.wait(self.submit(method, *args))
+    def _call(self, method: str, *args: Any) -> Any:
+        return self.wait(self._submit(method, *args))
 
     def start(self) -> None:
         """Wait for the actor made by :meth:`Connection.spawn` (``future`` must be set)."""

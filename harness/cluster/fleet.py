@@ -1,6 +1,6 @@
-"""``ClusterFleet``: a Fleet whose guests live on shards.  The plugin, the agents and the
-scenarios use it as any Fleet; each call goes to every shard concerned at once and runs
-there against the shard's own SSH connections."""
+"""``ClusterFleet``: a fan-out (``harness.ssh.FanOut``) whose guests live on shards.  The
+plugin, the agents and the scenarios use it as any lab's Fleet; each call goes to every shard
+concerned at once and runs there against the shard's own SSH connections."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ import paramiko
 
 from harness.backends.base import Guest
 from harness.cluster.connect import ShardHandle, ShardLost
-from harness.cluster.wire import Upload, dumps_function, from_wire
-from harness.ssh import LOST, Fleet, GroupResult, GuestError
+from harness.cluster.wire import Upload, dumps_function
+from harness.ssh import LOST, GroupResult, GuestError
 
 #: Called once per shard found lost during a call: (handle, what happened).
 LostHook = Callable[[ShardHandle, ShardLost], None]
 
 
-class ClusterFleet(Fleet):
+class ClusterFleet:
     """Fan-out over guests spread across shards (see the module doc)."""
 
     def __init__(
@@ -30,9 +30,11 @@ class ClusterFleet(Fleet):
         on_lost: LostHook,
         max_workers: int = 64,
     ) -> None:
-        super().__init__({}, guests, max_workers)
+        self.guests = dict(guests)
         self.routes = routes  # guest name → its shard, in the lab's guest order
         self.on_lost = on_lost
+        self.max_workers = max_workers
+        self.lost: dict[str, int] = {}
 
     @property
     def names(self) -> list[str]:
@@ -52,20 +54,29 @@ class ClusterFleet(Fleet):
         names: Iterable[str] | None = None,
     ) -> GroupResult:
         """Ship ``func`` (cloudpickle) to the shards; each calls it for its own guests."""
-        return self._fan("map", (dumps_function(func),), names)
+        blob = dumps_function(func)
+        return self._fan(lambda h, part: h.start_map(blob, part), names)
 
     def run(self, command: str, *, timeout: float | None = 60.0,
             names: Iterable[str] | None = None) -> GroupResult:
-        return self._fan("run", (command, timeout), names)
+        return self._fan(lambda h, part: h.start_run(command, timeout, part), names)
 
     def put(self, local: Path, remote: str, *, mode: int | None = None,
             names: Iterable[str] | None = None) -> GroupResult:
-        return self._fan("put", (Upload.read(local), remote, mode), names)
+        upload = Upload.read(local)
+        return self._fan(lambda h, part: h.start_put(upload, remote, mode, part), names)
+
+    def lose(self, name: str) -> None:
+        """Its shard closed the guest's connection already (the nemesis's kill went there)."""
+        self.lost.setdefault(name, time.time_ns())
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Nothing to close here: the connections are the shards' own."""
 
-    def _fan(self, method: str, args: tuple[Any, ...], names: Iterable[str] | None) -> GroupResult:
+    def _fan(self, start: Callable[[ShardHandle, list[str]], Any],
+             names: Iterable[str] | None) -> GroupResult:
+        """``start`` the call on every shard concerned at once, then collect: a lost shard's
+        guests are lost, the others' results come back in the caller's order."""
         targets = list(self.names if names is None else names)
         errors: dict[str, GuestError] = {}
         by_shard: dict[ShardHandle, list[str]] = {}
@@ -77,13 +88,13 @@ class ClusterFleet(Fleet):
         pending = []
         for shard, part in by_shard.items():
             try:
-                pending.append((shard, part, shard.submit(method, *args, part)))
+                pending.append((shard, part, start(shard, part)))
             except ShardLost as exc:
                 self._shard_lost(shard, part, exc, errors)
         results: dict[str, Any] = {}
         for shard, part, fut in pending:
             try:
-                got = from_wire(shard.wait(fut))
+                got = shard.group(fut)
             except ShardLost as exc:
                 self._shard_lost(shard, part, exc, errors)
                 continue

@@ -16,11 +16,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from harness.backends.base import Guest, Jump
+from harness.backends.base import Guest
 from harness.cluster import connect
 from harness.cluster.backend import ClusterBackend
 from harness.cluster.connect import Connection, ShardHandle, ShardLost
 from harness.cluster.fleet import ClusterFleet
+from harness.cluster.hostfacts import host_facts, machine_id
 from harness.cluster.plan import (
     LabWorker,
     allocate_subnets,
@@ -31,7 +32,8 @@ from harness.cluster.plan import (
     place,
 )
 from harness.cluster.preflight import FACTS_TIMEOUT, check_facts, image_ref, routes_of
-from harness.cluster.shard import Shard, ShardSpec, host_facts, machine_id
+from harness.cluster.shard import Shard
+from harness.cluster.shardlab import ShardSpec
 from harness.cluster.wire import guest_from_wire
 from harness.config import LabConfig
 from harness.errors import LabError
@@ -39,7 +41,7 @@ from harness.identity import KeyPair
 from harness.image import cache
 from harness.image.ensure import ensure_image
 from harness.lab import DEFAULT_LAB, Lab, ProgressFn, name_label
-from harness.ssh import GuestError, write_client_key, write_exports
+from harness.ssh import write_client_key, write_exports
 from harness.state import RunState
 from harness.store import Recorder
 
@@ -180,7 +182,7 @@ class ClusterLab(Lab):
             samples = []
             for _ in range(CLOCK_ROUNDS):
                 t0 = time.time_ns()
-                ts = int(h.call("now"))
+                ts = int(h.now())
                 samples.append((t0, ts, time.time_ns()))
             return clock_offset(samples)
 
@@ -190,7 +192,7 @@ class ClusterLab(Lab):
 
     def _plan_all(self) -> None:
         """Every shard's identities, checked together before anything boots."""
-        plans = self._each(lambda h: h.call("plan", h.n_guests, h.subnet))
+        plans = self._each(lambda h: h.plan(h.n_guests, h.subnet))
         check_identities(ident for plan in plans for ident in plan)
         tags = self.recorder.store.lab_hosts
         for h, plan in zip(self.shards, plans, strict=True):
@@ -200,7 +202,7 @@ class ClusterLab(Lab):
 
     def _boot_all(self) -> None:
         """Boot all shards at once, drawing one progress line for the whole lab."""
-        futures = [(h, h.submit("boot")) for h in self.shards]
+        futures = [(h, h.start_boot()) for h in self.shards]
         last_check = time.monotonic()
         while not all(f.done() for _, f in futures):
             time.sleep(PROGRESS_EVERY)
@@ -209,7 +211,7 @@ class ClusterLab(Lab):
                 last_check = time.monotonic()
                 self._check_alive(h for h, f in futures if not f.done())
         for h, fut in futures:
-            self._boot_info[h] = h.wait(fut)
+            self._boot_info[h] = h.booted(fut)
         self._report_cluster_progress()
 
     def _check_alive(self, shards: Iterable[ShardHandle]) -> None:
@@ -225,7 +227,7 @@ class ClusterLab(Lab):
         counts = [0, 0, 0]
         for h in self.shards:
             with contextlib.suppress(LabError):
-                for i, c in enumerate(h.call("progress")):
+                for i, c in enumerate(h.progress()):
                     counts[i] += c
         if tuple(counts) != self._last_progress:
             self._last_progress = (counts[0], counts[1], counts[2])
@@ -234,7 +236,7 @@ class ClusterLab(Lab):
     def _collect_rows(self) -> None:
         """The shards' rows, into this run's store (with lab_host, in this lab's context)."""
         store, ctx = self.recorder.store, self.recorder.context
-        for h, (timings, metrics) in zip(self.shards, self._each(lambda h: h.call("drain")),
+        for h, (timings, metrics) in zip(self.shards, self._each(lambda h: h.drain()),
                                          strict=True):
             for row in timings:
                 store.add_timing({**row, "run_id": ctx.run_id, "scenario": ctx.scenario,
@@ -256,7 +258,7 @@ class ClusterLab(Lab):
         for group in groups:
             for h in group:
                 peers = [o.subnet for o in group if o is not h]
-                failed = guest_failures(h.call("link", peers))
+                failed = h.link(peers).failures()
                 for name, err in failed.items():
                     self.failures.setdefault(name, err)
         if len(by_host) == 1:
@@ -268,13 +270,12 @@ class ClusterLab(Lab):
         guests: list[Guest] = []
         for h in self.shards:
             info = self._boot_info[h]
-            jump = None if h.local else _jump_of(h)
+            jump = None if h.local else h.jump()
             for d in info["guests"]:
                 g = guest_from_wire(d, jump)
                 guests.append(g)
                 self.routes[g.name] = h
-            for name, (cls, msg) in info["failures"].items():
-                self.failures[name] = GuestError(name, cls, msg)
+            self.failures.update(info["failures"])
         self.guests = guests
         self.backend.guests = guests
         self.recorder.store.guest_labs.update((g.name, self.name) for g in guests)
@@ -337,26 +338,17 @@ class ClusterLab(Lab):
         for h in self.shards:
             if not h.lost:
                 with contextlib.suppress(LabError):
-                    h.call("keep")
+                    h.keep()
         super().keep()
         self._release()
 
     # -- teardown ------------------------------------------------------------------------
 
-    def stop(self) -> list[str]:
-        """Take every shard down (and what lost ones left); idempotent, never raises."""
-        if self._stopped:
-            return []
-        self._stopped = True
-        problems: list[str] = []
-        if self.fleet is not None:
-            with contextlib.suppress(Exception):
-                self.fleet.close()
-        for got in self._each(self._stop_shard):
-            problems += got
+    def take_down_guests(self) -> list[str]:
+        """Every shard down (and what lost ones left), then the Dask connection released;
+        the local shards' journals go with this lab's (callbacks)."""
+        problems = [p for got in self._each(self._stop_shard) for p in got]
         self._release()
-        if self.state is not None:
-            problems += self.state.remove_all()  # local shards' callbacks: nothing left here
         return problems
 
     def _stop_shard(self, h: ShardHandle) -> list[str]:
@@ -364,7 +356,7 @@ class ClusterLab(Lab):
             return []  # never made: nothing was created on its host
         try:
             if h.actor is not None and not h.lost:
-                return [f"{h.lab_host}: {p}" for p in h.call("stop")]
+                return [f"{h.lab_host}: {p}" for p in h.stop()]
         except ShardLost as exc:
             self._shard_lost(h, exc)
         except Exception as exc:
@@ -396,22 +388,3 @@ class ClusterLab(Lab):
                         h.future.release()
             conn, self.conn = self.conn, None
             connect.release(conn)
-
-
-def guest_failures(wire: Any) -> dict[str, GuestError]:
-    """The guests that failed in a wire group result (errors and non-zero exits)."""
-    from harness.cluster.wire import from_wire
-
-    group = from_wire(wire)
-    out = dict(group.errors)
-    for name, res in group.results.items():
-        if not getattr(res, "ok", True):
-            out[name] = GuestError(name, "exit", (res.stderr or "").strip()[:200])
-    return out
-
-
-def _jump_of(h: ShardHandle) -> Jump:
-    """The lab host as an SSH jump host for a person reaching its guests."""
-    key = h.facts.get("ssh_host_key")
-    line = f"{h.worker.host} {key}" if key else ""
-    return Jump(h.worker.host, 22, "root", line)

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from harness.backends import backend_class, load_backend, parse_backend
+from harness.backends import backend_class, load_backend
 from harness.cluster.plan import (
     ClusterSpec,
     LabWorker,
@@ -39,10 +39,9 @@ def image_ref(config: LabConfig, image: cache.Image | None) -> tuple[str, str | 
         p = Path(config.image)
         return (p if p.is_dir() else p.parent).name if p.exists() else config.image, None
     from harness.image.build import host_mirror
-    from harness.image.recipe import load_recipe
 
-    recipe = load_recipe(Path(config.recipe) if config.recipe else None, config.project_dir)
-    if backend_class(parse_backend(config.backend)).needs_vm_image:
+    recipe = config.recipe_spec
+    if backend_class(config.backend_url).needs_vm_image:
         recipe = recipe.with_vm()
     if recipe.mirror is None:
         recipe = recipe.with_mirror(host_mirror())
@@ -81,7 +80,7 @@ def routes_of(facts: dict[str, Any], workers: list[LabWorker]) -> list[ipaddress
 def preflight_cluster(config: LabConfig, n_guests: int) -> cache.Image:
     """``preflight_lab`` for ``--cluster``: fails with one clear line, leaves nothing."""
     spec = parse_cluster(config.cluster or "")
-    backend = load_backend(parse_backend(config.backend))
+    backend = load_backend(config.backend_url)
     if spec.local:
         return _preflight_local(config, spec, n_guests, backend.requires_root)
     return _preflight_remote(config, spec, n_guests, backend.requires_root)
@@ -96,7 +95,7 @@ def _preflight_local(config: LabConfig, spec: ClusterSpec, n: int, needs_root: b
     workers = [LabWorker(f"local:{i}") for i in range(spec.local_workers)]
     sizes = [c for _, c in place(n, workers)]
     allocate_subnets(sizes, host_routes(), config.subnet)
-    backend = load_backend(parse_backend(config.backend))
+    backend = load_backend(config.backend_url)
     image = ensure_image(config, vm=backend.needs_vm_image)
     backend.check(image, max(sizes))
     return image
@@ -106,8 +105,8 @@ def _preflight_remote(config: LabConfig, spec: ClusterSpec, n: int, needs_root: 
                       ) -> cache.Image:
     """Ask the scheduler and every lab host; the client needs neither root nor the image."""
     from harness.cluster.connect import open_connection
+    from harness.cluster.hostfacts import host_facts
     from harness.cluster.plan import lab_host_names
-    from harness.cluster.shard import host_facts
 
     local = _local_image(config)
     key, digest = image_ref(config, local)

@@ -1,5 +1,6 @@
-"""What crosses between the client and its shards: group results, uploads, guests and
-functions shipped by value.  No Dask here; both sides import this module."""
+"""What crosses between the client and its shards besides plain data: uploads, guests and
+functions shipped by value (GroupResult and GuestError pickle as they are).  No Dask here;
+both sides import this module."""
 
 from __future__ import annotations
 
@@ -15,26 +16,11 @@ from typing import Any
 
 from harness.backends.base import Guest, Jump
 from harness.identity import GuestSpec, KeyPair, identity_row
-from harness.ssh import GroupResult, GuestError
-
-#: guest → result, and guest → (error class, message): GuestError does not survive pickle.
-WireGroup = tuple[dict[str, Any], dict[str, tuple[str, str]]]
 
 
 class ShardError(RuntimeError):
     """An unexpected failure inside a shard, carried back as text (never an OSError, which
     the client would take for a lost connection to the lab host)."""
-
-
-def to_wire(group: GroupResult) -> WireGroup:
-    return dict(group.results), {n: (e.error_class, e.message) for n, e in group.errors.items()}
-
-
-def from_wire(wire: WireGroup) -> GroupResult:
-    results, errors = wire
-    return GroupResult(
-        dict(results), {n: GuestError(n, cls, msg) for n, (cls, msg) in errors.items()}
-    )
 
 
 # -- uploads -------------------------------------------------------------------------------

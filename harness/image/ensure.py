@@ -4,12 +4,10 @@ now when it is not cached yet)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 from harness.config import LabConfig
 from harness.image import cache
 from harness.image.build import build
-from harness.image.recipe import load_recipe
 
 
 def ensure_image(config: LabConfig, progress: Callable[[str], None] | None = None,
@@ -19,7 +17,7 @@ def ensure_image(config: LabConfig, progress: Callable[[str], None] | None = Non
     if config.image:
         image = cache.resolve(config.image)
     else:
-        recipe = load_recipe(Path(config.recipe) if config.recipe else None, config.project_dir)
+        recipe = config.recipe_spec
         if vm:
             recipe = recipe.with_vm()
         image, _ = build(recipe, progress=progress)

@@ -1,4 +1,4 @@
-"""The lab network on the host: one bridge per run, and tap devices for VM guests.
+"""Links of the lab network on the host: one bridge per run, and tap devices for VM guests.
 
 Every device is journalled (kind ``link``) by the caller before it is made, so teardown and
 ``scalelab clean`` delete it.  The bridge gets the lab gateway's address and nothing else:
@@ -8,8 +8,6 @@ no route, no NAT, no forwarding to the outside.
 from __future__ import annotations
 
 import os
-import subprocess
-from collections.abc import Sequence
 from pathlib import Path
 
 from harness.errors import LabError
@@ -33,18 +31,6 @@ def tap_name(tag: str, index: int) -> str:
     if len(name) > IFNAMSIZ:
         raise LabError(f"tap name {name} is longer than {IFNAMSIZ} characters")
     return name
-
-
-def ip_batch(lines: Sequence[str]) -> None:
-    """Run ``ip -batch`` on ``lines`` (one process for any number of changes)."""
-    if not lines:
-        return
-    out = subprocess.run(
-        ["ip", "-batch", "-"], input="\n".join(lines) + "\n",
-        capture_output=True, text=True, check=False,
-    )
-    if out.returncode != 0:
-        raise LabError(f"ip -batch failed: {out.stderr.strip() or out.stdout.strip()}")
 
 
 def tap_possible() -> str | None:
@@ -78,23 +64,3 @@ def tap_lines(tap: str, bridge: str, spec: GuestSpec) -> list[str]:
         f"link set {tap} master {bridge} up",
         f"neigh replace {spec.address} lladdr {spec.mac} dev {bridge} nud permanent",
     ]
-
-
-def partition_ruleset(table: str, side_a: Sequence[str], side_b: Sequence[str]) -> str:
-    """An nftables ruleset (bridge family) dropping bridged frames between two groups of
-    bridge ports (the guests' veths or taps); the host keeps reaching every guest."""
-
-    def elements(ports: Sequence[str]) -> str:
-        return ", ".join(f'"{p}"' for p in ports)
-
-    return f"""
-table bridge {table} {{
-  set side_a {{ type ifname; elements = {{ {elements(side_a)} }} }}
-  set side_b {{ type ifname; elements = {{ {elements(side_b)} }} }}
-  chain forward {{
-    type filter hook forward priority 0; policy accept;
-    iifname @side_a oifname @side_b drop
-    iifname @side_b oifname @side_a drop
-  }}
-}}
-"""

@@ -14,10 +14,29 @@ The CLI and the pytest plugin use :func:`render_report`, :func:`resolve_zone` an
 
 from __future__ import annotations
 
-from harness.report.compare import CompareResult, CompareRow, Regression, compare_runs
-from harness.report.render import render_report
-from harness.report.scenarios import base_scenario
-from harness.report.zones import resolve_zone
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from harness.report.compare import CompareResult, CompareRow, Regression, compare_runs
+    from harness.report.render import render_report
+    from harness.report.scenarios import base_scenario
+    from harness.report.zones import resolve_zone
+
+# Imported when first used (PEP 562): the configuration checks a zone through
+# ``harness.report.zones`` without loading matplotlib and the rest of the report.
+_LAZY = {
+    "CompareResult": "compare", "CompareRow": "compare", "Regression": "compare",
+    "compare_runs": "compare", "render_report": "render", "base_scenario": "scenarios",
+    "resolve_zone": "zones",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"harness.report.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CompareResult",

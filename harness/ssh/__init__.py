@@ -30,7 +30,7 @@ from harness.ssh.failures import (
     GuestError,
     classify,
 )
-from harness.ssh.fanout import Fleet, GroupResult
+from harness.ssh.fanout import FanOut, Fleet, GroupResult
 from harness.ssh.files import write_client_key, write_exports
 from harness.ssh.keys import host_keys_for, known_hosts_lines, load_private_key
 from harness.ssh.readiness import (
@@ -65,6 +65,7 @@ __all__ = [
     "TIMEOUT",
     "Backoff",
     "Failure",
+    "FanOut",
     "FirstCommand",
     "Fleet",
     "GroupResult",

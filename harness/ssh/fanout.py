@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import paramiko
 
@@ -54,6 +54,14 @@ class GroupResult:
                     if not getattr(r, "ok", True)})
         return out
 
+    def failures(self) -> dict[str, GuestError]:
+        """guest → its error, for errors and non-zero exits alike (an exit as ``exit``)."""
+        out = dict(self.errors)
+        for name, res in self.results.items():
+            if not getattr(res, "ok", True):
+                out[name] = GuestError(name, Failure.EXIT, self.reason(name)[:200])
+        return out
+
     def success_rate(self) -> float:
         return len(self.succeeded) / len(self) if len(self) else 0.0
 
@@ -65,6 +73,37 @@ class GroupResult:
         stderr = str(getattr(res, "stderr", "") or "")
         lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
         return lines[-1][:500] if lines else f"exit status {getattr(res, 'exit_status', '?')}"
+
+
+class FanOut(Protocol):
+    """What scenarios, agents and the nemesis use of a fleet: one lab's :class:`Fleet`, or
+    a cluster's ``ClusterFleet`` whose guests live on other lab hosts."""
+
+    guests: dict[str, Guest]
+    #: guest → when it was lost (UTC ns); shared by every subset of one lab's fleet.
+    lost: dict[str, int]
+
+    @property
+    def names(self) -> list[str]:
+        """The guests not lost, in the lab's order."""
+        ...
+
+    def subset(self, names: Iterable[str]) -> FanOut: ...
+
+    def map(self, func: Callable[[str, paramiko.SSHClient], Any],
+            names: Iterable[str] | None = None) -> GroupResult: ...
+
+    def run(self, command: str, *, timeout: float | None = 60.0,
+            names: Iterable[str] | None = None) -> GroupResult: ...
+
+    def put(self, local: Path, remote: str, *, mode: int | None = None,
+            names: Iterable[str] | None = None) -> GroupResult: ...
+
+    def lose(self, name: str) -> None:
+        """The guest is gone (killed): leave it out from now on and drop its connection."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class Fleet:
@@ -136,6 +175,13 @@ class Fleet:
             return remote
 
         return self.map(upload, names)
+
+    def lose(self, name: str) -> None:
+        self.lost.setdefault(name, time.time_ns())
+        client = self.clients.get(name)
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
 
     def close(self) -> None:
         # Not waiting: a command stuck on a dead guest must not hold up the teardown.

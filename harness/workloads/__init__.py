@@ -22,7 +22,7 @@ from typing import Any
 import paramiko
 
 from harness.plumbing.result import CommandResult
-from harness.ssh import EXIT, Fleet, GroupResult, run_on
+from harness.ssh import EXIT, FanOut, GroupResult, run_on
 from harness.store import Recorder
 
 REMOTE_DIR = "/opt/scalelab/agents"
@@ -166,7 +166,7 @@ def _stop_command(server: Server, grace: float) -> str:
 class Agents:
     """Deploy and run agents on a fleet, recording everything."""
 
-    def __init__(self, fleet: Fleet, recorder: Recorder, log_dir: Path | None = None) -> None:
+    def __init__(self, fleet: FanOut, recorder: Recorder, log_dir: Path | None = None) -> None:
         self.fleet = fleet
         self.recorder = recorder
         self.log_dir = log_dir
@@ -271,7 +271,7 @@ class Agents:
         self.stop_servers()
 
 
-def roundtrip(fleet: Fleet, recorder: Recorder, rounds: int = 10,
+def roundtrip(fleet: FanOut, recorder: Recorder, rounds: int = 10,
               command: str = "true") -> list[GroupResult]:
     """Fan ``command`` out ``rounds`` times; one timing row per guest per round."""
     out = []

@@ -10,10 +10,8 @@ import subprocess
 import threading
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from harness.backends import labnet
 from harness.backends.base import Backend, FaultNotSupported, Guest, RunContext, now_ns
 from harness.backends.qemu.accel import choose_accel
 from harness.backends.qemu.argv import QEMU, VmNic, VmPaths, qemu_argv
@@ -25,6 +23,7 @@ from harness.backends.qemu.hostfacts import (
     qemu_version,
     rss_bytes,
 )
+from harness.backends.qemu.labrun import QemuRun
 from harness.backends.qemu.options import QemuOptions
 from harness.backends.qemu.qmp import QmpError, qmp
 from harness.backends.qemu.vm import Vm, last_words, qemu_log, start_qemu
@@ -33,6 +32,7 @@ from harness.guestfiles import make_guest_disk
 from harness.identity import GuestSpec, run_tag
 from harness.image.cache import Image
 from harness.image.vm import vm_info
+from harness.plumbing import host, links, nft
 from harness.state import Resource, proc_start_time, teardown
 
 #: How long ``down`` waits for QEMUs told to quit over QMP before the journal SIGKILLs them.
@@ -49,8 +49,7 @@ class QemuBackend(Backend):
         self.opts = QemuOptions.parse(self.options)
         # Taps and the bridge need root; user networking does not.
         self.requires_root = self.opts.net != "user"
-        self.ctx: RunContext | None = None
-        self.image: Image | None = None
+        self._run: QemuRun | None = None
         self.accel = ""
         self.accel_reason = ""
         self.net = ""
@@ -60,9 +59,7 @@ class QemuBackend(Backend):
         self._isolated: set[str] = set()
         self._partitioned = False
         self._lock = threading.Lock()
-        self._consoles: ConsoleWatcher | None = None
         self._ports: set[int] = set()
-        self._dir: Path | None = None
 
     def memory_bytes(self, spec: GuestSpec | None = None) -> int:
         """Guest RAM: the lab's per-guest memory if set, else ``memory=``."""
@@ -80,7 +77,7 @@ class QemuBackend(Backend):
                 raise UserError(f"the qemu backend needs {tool}: apt-get install {package}")
         self._check_image(image)
         self._check_memory(n_guests)
-        why_not = labnet.tap_possible()
+        why_not = links.tap_possible()
         if self.opts.net == "tap" and why_not:
             raise UserError(f"qemu option net=tap: {why_not}; use net=user")
         if self.opts.accel == "kvm":
@@ -112,24 +109,29 @@ class QemuBackend(Backend):
 
     # -- the run ---------------------------------------------------------------------------
 
+    @property
+    def run(self) -> QemuRun:
+        """This run's names and places (what ``prepare`` returned)."""
+        if self._run is None:
+            raise LabError("the qemu backend is not prepared: call prepare() first")
+        return self._run
+
     def _record(self, kind: str, **attrs: Any) -> None:
-        assert self.ctx is not None
-        self._resources.append(self.ctx.state.record(kind, **attrs))
+        self._resources.append(self.run.ctx.state.record(kind, **attrs))
 
     @property
     def tag(self) -> str:
-        assert self.ctx is not None
-        return run_tag(self.ctx.run_id)
+        return self.run.tag
 
     @property
     def bridge(self) -> str:
-        return labnet.bridge_name(self.tag)
+        return self.run.bridge
 
     def _choose_accel(self, image: Image) -> None:
         self.accel, self.accel_reason = choose_accel(self.opts.accel, image.kernel)
 
     def _choose_net(self) -> None:
-        why_not = labnet.tap_possible()
+        why_not = links.tap_possible()
         if self.opts.net == "user":
             self.net, self.net_reason = "user", "asked for (net=user)"
         elif why_not:
@@ -139,31 +141,30 @@ class QemuBackend(Backend):
         else:
             self.net, self.net_reason = "tap", "tap devices on the lab bridge"
 
-    def prepare(self, image: Image, ctx: RunContext) -> None:
-        self.ctx, self.image = ctx, image
+    def prepare(self, image: Image, ctx: RunContext) -> QemuRun:
         self._choose_accel(image)
         self._choose_net()
-        d = ctx.state.dir / "qemu"
-        self._record("dir", path=str(d))
-        d.mkdir()
-        self._dir = d
-        self._consoles = ConsoleWatcher(ctx.on_phase, ctx.run_dir / "guests")
+        tag = run_tag(ctx.run_id)
+        run = self._run = QemuRun(ctx, image, tag, links.bridge_name(tag), ctx.state.dir / "qemu",
+                                  ConsoleWatcher(ctx.on_phase, ctx.run_dir / "guests"))
+        self._record("dir", path=str(run.dir))
+        run.dir.mkdir()
         if self.net == "tap":
-            if labnet.link_exists(self.bridge):
+            if links.link_exists(self.bridge):
                 raise UserError(f"bridge {self.bridge} already exists and is not this run's")
             gateway = ctx.options.get("subnet_gateway")
             if not gateway:
                 raise LabError("the lab gave no subnet_gateway for the bridge")
             self._record("link", name=self.bridge)
-            labnet.ip_batch(labnet.bridge_lines(self.bridge, gateway))
+            host.ip_batch(links.bridge_lines(self.bridge, gateway))
+        return run
 
     # -- up --------------------------------------------------------------------------------
 
     def up(self, specs: Sequence[GuestSpec]) -> list[Guest]:
-        assert self.ctx is not None and self._consoles is not None
-        (self.ctx.run_dir / "guests").mkdir(parents=True, exist_ok=True)
+        self.run.logs.mkdir(parents=True, exist_ok=True)
         taps = self._make_taps(specs) if self.net == "tap" else {}
-        with self._consoles.spawning():
+        with self.run.consoles.spawning():
             guests = [self._spawn(spec, taps.get(spec.name)) for spec in specs]
         self.guests = guests
         return guests
@@ -173,27 +174,26 @@ class QemuBackend(Backend):
         taps: dict[str, str] = {}
         batch: list[str] = []
         for spec in specs:
-            tap = labnet.tap_name(self.tag, spec.index)
+            tap = links.tap_name(self.tag, spec.index)
             self._record("link", name=tap)
             taps[spec.name] = tap
-            batch += labnet.tap_lines(tap, self.bridge, spec)
-        labnet.ip_batch(batch)
+            batch += links.tap_lines(tap, self.bridge, spec)
+        host.ip_batch(batch)
         return taps
 
     def _spawn(self, spec: GuestSpec, tap: str | None) -> Guest:
         """Make the guest's disk, start its QEMU, and hand it to the lab to wait for."""
-        assert self.ctx is not None and self._dir is not None and self.image is not None
-        assert self._consoles is not None
-        ctx, logs = self.ctx, self.ctx.run_dir / "guests"
+        run = self.run
+        ctx, logs = run.ctx, run.logs
         t_created = now_ns()
-        disk = self._dir / f"{spec.name}.img"
+        disk = run.dir / f"{spec.name}.img"
         make_guest_disk(spec, ctx.client_public_key, disk, self.opts.disk_bytes)
         t_created_end = now_ns()
         ctx.on_phase(spec.name, "created", t_created, t_created_end)
-        paths = VmPaths(kernel=self.image.kernel, initrd=self.image.initrd,
-                        image=self.image.path, disk=disk,
+        paths = VmPaths(kernel=run.image.kernel, initrd=run.image.initrd,
+                        image=run.image.path, disk=disk,
                         console=logs / f"{spec.name}.console.log",
-                        qmp=self._dir / f"{spec.name}.qmp")
+                        qmp=run.dir / f"{spec.name}.qmp")
         nic = VmNic(tap, 22 if tap else free_port(self._ports))
         proc = start_qemu(qemu_argv(self.opts, spec, self.accel, paths, nic), logs, spec.name)
         self._record("process", pid=proc.pid, start=proc_start_time(proc.pid))
@@ -202,7 +202,7 @@ class QemuBackend(Backend):
         with self._lock:
             self._vms[spec.name] = vm
         ctx.on_phase(spec.name, "started", t_created_end, t_started)
-        self._consoles.add(vm)
+        run.consoles.add(vm)
         guest = Guest(spec, spec.address if tap else "127.0.0.1", nic.port, info={
             "console": str(paths.console), "disk": str(disk), "qmp": str(paths.qmp),
             "pid": proc.pid, "tap": tap or "", "accel": self.accel,
@@ -215,8 +215,8 @@ class QemuBackend(Backend):
     def down(self) -> list[str]:
         problems: list[str] = []
         try:
-            if self._consoles is not None:
-                self._consoles.stop()
+            if self._run is not None:  # down() after a prepare() that failed early, too
+                self._run.consoles.stop()
             with self._lock:
                 vms = list(self._vms.values())
             self._quit(vms)
@@ -227,8 +227,8 @@ class QemuBackend(Backend):
         except Exception as exc:  # down() never raises
             problems.append(f"qemu down: {exc}")
         self._vms.clear()
-        if self._consoles is not None:
-            self._consoles.clear()
+        if self._run is not None:
+            self._run.consoles.clear()
         self._resources.clear()
         self._isolated.clear()
         return problems
@@ -252,8 +252,7 @@ class QemuBackend(Backend):
         vm = self._vms.get(guest.name)
         if vm is None or vm.proc.poll() is None:
             return None
-        assert self.ctx is not None
-        logs = self.ctx.run_dir / "guests"
+        logs = self.run.logs
         said = last_words(logs, guest.name)
         last = f": {said}" if said else ""
         return (f"qemu exited with status {vm.proc.returncode}{last} "
@@ -287,7 +286,7 @@ class QemuBackend(Backend):
             used = self.upper_bytes(g)
             if used is not None:
                 values["upper_bytes"] = (float(used), "B")
-            uptime = self._consoles.boot_uptime(g.name) if self._consoles else None
+            uptime = self._run.consoles.boot_uptime(g.name) if self._run else None
             if uptime is not None:
                 values["guest_uptime_at_init"] = (uptime, "s")
             result[g.name] = values
@@ -304,8 +303,8 @@ class QemuBackend(Backend):
             "upper": self.opts.upper,
             "memory": self.opts.memory,
         })
-        if self.image is not None:
-            d["kernel"] = vm_info(self.image.dir).get("kernel_version")
+        if self._run is not None:
+            d["kernel"] = vm_info(self._run.image.dir).get("kernel_version")
         with contextlib.suppress(OSError):
             d["qemu"] = qemu_version()
         return d
@@ -342,14 +341,11 @@ class QemuBackend(Backend):
             raise FaultNotSupported("qemu: partitions need net=tap (user networking has no "
                                     "bridge between the guests)")
         table = f"slp-{self.tag}"
-        ruleset = labnet.partition_ruleset(
+        ruleset = nft.partition_ruleset(
             table, [self._vm(g).tap or "" for g in side_a], [self._vm(g).tap or "" for g in side_b])
         if not self._partitioned:
             self._record("nft", family="bridge", table=table)
-        out = subprocess.run(["nft", "-f", "-"], input=ruleset, capture_output=True, text=True,
-                             check=False)
-        if out.returncode != 0:
-            raise LabError(f"nft: {out.stderr.strip()}")
+        nft.apply(ruleset)
         self._partitioned = True
 
     def heal(self) -> None:
@@ -359,6 +355,5 @@ class QemuBackend(Backend):
                 qmp(vm.qmp, "set_link", name="net0", up=True)
         self._isolated.clear()
         if self._partitioned:
-            subprocess.run(["nft", "delete", "table", "bridge", f"slp-{self.tag}"],
-                           capture_output=True, check=False)
+            nft.delete_table("bridge", f"slp-{self.run.tag}")
             self._partitioned = False

@@ -1,0 +1,84 @@
+"""The readiness waits of one bring-up: a thread per guest (at most 256 at once), each from
+the moment its guest is started until it answers authenticated SSH with its pinned key, or
+fails (classified).  What a wait learns goes to the lab through :class:`WaitHooks`."""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+
+import paramiko
+
+from harness.backends.base import Guest, Jump, PhaseHook
+from harness.config import LabConfig
+from harness.ssh import GuestError, HandshakeGate, ReadyOptions, connect_ready, host_keys_for
+
+
+@dataclass(frozen=True)
+class WaitHooks:
+    on_phase: PhaseHook
+    on_ready: Callable[[str], None]
+    on_failed: Callable[[str, GuestError], None]
+    #: Why a guest can no longer come up (its process exited), asked between attempts.
+    dead: Callable[[Guest], str | None]
+    jump_clients: Callable[[], Mapping[Jump, paramiko.SSHClient]]
+
+
+class ReadyWaiter:
+    def __init__(self, key: paramiko.PKey, config: LabConfig, hooks: WaitHooks) -> None:
+        self.key, self.hooks = key, hooks
+        self.gate = HandshakeGate(config.ssh_concurrency)
+        self.opts = ReadyOptions(timeout=config.ready_timeout)
+        self.pool = ThreadPoolExecutor(max_workers=256, thread_name_prefix="ready")
+        self.futures: dict[Future[paramiko.SSHClient], Guest] = {}
+        self.submitted: set[str] = set()
+        self.abandoned = False
+        self.lock = threading.Lock()
+
+    def _dead(self, guest: Guest) -> str | None:
+        if self.abandoned:
+            return "the bring-up was abandoned"
+        return self.hooks.dead(guest)
+
+    def submit(self, guest: Guest) -> None:
+        """Start waiting for ``guest`` (once; later calls for it do nothing)."""
+        with self.lock:
+            if guest.name in self.submitted:
+                return
+            self.submitted.add(guest.name)
+            fut = self.pool.submit(
+                connect_ready, guest, self.key, host_keys_for([guest]), self.gate,
+                self.hooks.on_phase, self.opts, self.hooks.jump_clients(),
+                functools.partial(self._dead, guest))
+            self.futures[fut] = guest
+
+    def collect(self) -> dict[str, paramiko.SSHClient]:
+        """Wait for every submitted guest; the clients of those that answered."""
+        clients: dict[str, paramiko.SSHClient] = {}
+        try:
+            for fut in as_completed(list(self.futures)):
+                g = self.futures[fut]
+                try:
+                    clients[g.name] = fut.result()
+                except GuestError as err:
+                    self.hooks.on_failed(g.name, err)
+                else:
+                    self.hooks.on_ready(g.name)
+        except BaseException:
+            for c in clients.values():
+                c.close()
+            self.abandon()
+            raise
+        self.pool.shutdown(wait=False)
+        return clients
+
+    def abandon(self) -> None:
+        """Stop the waits (each ends at its next retry) and close what they opened."""
+        self.abandoned = True
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        for fut in self.futures:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                fut.result().close()
