@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from labs import lab_session, run_ok
+from helpers.labs import lab_session, run_ok
 
 from harness.image.cache import Image
 from harness.lab import Lab

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers.cli import one_clear_line, scalelab
 from leaks import PROJECT, Snapshot, snapshot
 
 from harness.backends.base import Guest, Jump
@@ -283,9 +284,9 @@ def pytest_run(reports: Path, mark: str, *args: str, timeout: float = 900
     )
 
 
-def scalelab(mark: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=PROJECT,
-                          capture_output=True, text=True, timeout=timeout, env=_env(mark))
+def cli(mark: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``scalelab ARGS`` with this test's mark in its environment (and its workers')."""
+    return scalelab(*args, timeout=timeout, env={MARK: mark})
 
 
 @pytest.fixture
@@ -378,7 +379,7 @@ def test_a_lost_lab_host(image: Image, tmp_path: Path, mark: str) -> None:
     assert lost["guest"].nunique() == 4 and set(lost["lab_host"]) == {victim_host}
     assert (lost["error_class"] == "lost").all()
     assert "2 passed" in res.stdout  # the second test ran after the loss, on 8 guests
-    out = scalelab(mark, "clean", victim_run)
+    out = cli(mark, "clean", victim_run)
     assert out.returncode == 0, out.stderr
     wait_clean(before, reports, mark)
 
@@ -433,7 +434,7 @@ def test_teardown_on_signal(how: str, image: Image, tmp_path: Path, mark: str) -
 def test_up_ssh_down(image: Image, tmp_path: Path, mark: str) -> None:
     """``scalelab up --cluster``: a person reaches guests of every lab host; down removes all."""
     before = snapshot()
-    res = scalelab(mark, "up", "--guests", "4", "--cluster", "local:2",
+    res = cli(mark, "up", "--guests", "4", "--cluster", "local:2",
                    "--reports-dir", str(tmp_path))
     assert res.returncode == 0, res.stderr
     run = (tmp_path / "latest").resolve()
@@ -444,21 +445,12 @@ def test_up_ssh_down(image: Image, tmp_path: Path, mark: str) -> None:
             assert out.stdout.strip() == name, out.stderr
         assert not marked_processes(mark)  # the workers are gone, the guests are not
     finally:
-        down = scalelab(mark, "down", run.name)
+        down = cli(mark, "down", run.name)
     assert down.returncode == 0, down.stderr
     wait_clean(before, tmp_path, mark)
 
 
 # -- bad input: one clear line, nothing left -------------------------------------------------
-
-
-def _one_line(res: subprocess.CompletedProcess[str], *needles: str) -> None:
-    assert res.returncode != 0
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, res.stderr
-    assert lines[0].startswith("scalelab: ")
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 def _nothing_made(reports: Path, mark: str) -> None:
@@ -483,19 +475,19 @@ def _nothing_made(reports: Path, mark: str) -> None:
 )
 def test_bad_cluster_option(cluster: str, guests: str, needles: list[str], image: Image,
                             tmp_path: Path, mark: str) -> None:
-    res = scalelab(mark, "up", "--guests", guests, "--cluster", cluster,
+    res = cli(mark, "up", "--guests", guests, "--cluster", cluster,
                    "--reports-dir", str(tmp_path))
-    _one_line(res, *needles)
+    one_clear_line(res, *needles)
     _nothing_made(tmp_path, mark)
 
 
 @pytest.mark.integration
 def test_scheduler_that_does_not_answer(tmp_path: Path, mark: str) -> None:
     t0 = time.monotonic()
-    res = scalelab(mark, "up", "--guests", "4", "--cluster", "tcp://127.0.0.1:9",
+    res = cli(mark, "up", "--guests", "4", "--cluster", "tcp://127.0.0.1:9",
                    "--reports-dir", str(tmp_path))
     assert time.monotonic() - t0 < 40
-    _one_line(res, "tcp://127.0.0.1:9", "did not answer within 10 s")
+    one_clear_line(res, "tcp://127.0.0.1:9", "did not answer within 10 s")
     _nothing_made(tmp_path, mark)
 
 
@@ -593,9 +585,9 @@ def test_bad_lab_hosts(resources: str, user: str | None, env: dict[str, str], gu
                        tmp_path: Path, mark: str) -> None:
     scheduler.worker(resources, user, env)
     reports = tmp_path / "reports"
-    res = scalelab(mark, "up", "--guests", guests, "--cluster", scheduler.address,
+    res = cli(mark, "up", "--guests", guests, "--cluster", scheduler.address,
                    "--reports-dir", str(reports))
-    _one_line(res, *needles)
+    one_clear_line(res, *needles)
     assert not run_ids_in(reports)
     states = Path("/run/scalelab")
     for d in states.iterdir() if states.is_dir() else []:

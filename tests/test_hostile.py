@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers.cli import scalelab
 from leaks import PROJECT
 
 from harness.config import build_config
@@ -76,11 +74,6 @@ def test_huge_binary_malformed_agent_output(lab2: tuple[Session, Lab], tmp_path:
     assert len(logs) == 2 and all(p.stat().st_size > 1 << 20 for p in logs)
 
 
-def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True,
-                          text=True, env={**os.environ, **env}, timeout=60)
-
-
 def test_corrupt_state_files(tmp_path: Path) -> None:
     root = tmp_path / "state"
     (root / "garbage").mkdir(parents=True)
@@ -94,9 +87,9 @@ def test_corrupt_state_files(tmp_path: Path) -> None:
     (tmp_path / "made-by-torn").mkdir()
     (tmp_path / "not-ours").mkdir()
     env = {"SCALELAB_STATE_ROOT": str(root)}
-    ls = _cli("ls", env=env)
+    ls = scalelab("ls", env=env)
     assert ls.returncode == 0 and "garbage" in ls.stdout and "torn" in ls.stdout, ls.stderr
-    clean = _cli("clean", env=env)
+    clean = scalelab("clean", env=env)
     assert clean.returncode == 0, clean.stderr
     assert "Traceback" not in clean.stderr
     assert not (tmp_path / "made-by-torn").exists()  # listed: removed

@@ -15,7 +15,7 @@ from typing import Any
 
 import paramiko
 import pytest
-from labs import lab_session, run_ok
+from helpers.labs import lab_session, run_ok
 from leaks import PROJECT, snapshot
 
 from harness.backends.base import Guest

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from labs import lab_session, run_ok
+from helpers.labs import lab_session, run_ok
 from leaks import PROJECT, Snapshot, snapshot
 
 from harness.backends import load_backend, parse_backend

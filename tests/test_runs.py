@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from helpers.cli import one_clear_line, scalelab
-from labs import lab_session
+from helpers.labs import lab_session
 from leaks import Snapshot
 
 from harness.image.cache import Image

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from leaks import PROJECT
 
 
-def scalelab(*args: str, cwd: Path = PROJECT,
-             timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """``scalelab ARGS`` in a child process; its output captured as text."""
+def scalelab(*args: str, cwd: Path = PROJECT, timeout: float = 300,
+             env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``scalelab ARGS`` in a child process (``env`` added to ours); its output as text."""
     argv = [sys.executable, "-m", "harness.cli", *args]
-    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
 
 
 def one_clear_line(res: subprocess.CompletedProcess[str], *needles: str) -> None:
