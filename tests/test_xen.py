@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -109,18 +111,22 @@ def _context(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RunContext:
                       options={"subnet": str(subnet), "subnet_gateway": "10.213.254.1/24"})
 
 
-def test_halfway_failure_fault_hooks_and_clean(xen_lab: XenLab, vm_image: Image,
-                                               tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def _answers(lab: XenLab, address: str) -> bool:
+    """Whether port 22 of a domU accepts a connection from dom0 (on the domUs' bridge)."""
+    res = lab.ssh(f"timeout 3 bash -c 'echo > /dev/tcp/{address}/22' && echo yes || echo no")
+    return res.stdout.strip() == "yes"
+
+
+def test_halfway_failure_and_fault_hooks(xen_lab: XenLab, vm_image: Image, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """A domU whose creation fails takes the ones already created down with it, and the
-    error names it and quotes xl; pause/unpause/destroy work as the fault hooks; what a run
-    that died left on dom0 is removed from its journal alone (as `scalelab clean` does)."""
+    error names it and quotes xl; pause/unpause, isolate/heal and destroy work as the fault
+    hooks, each seen on dom0; teardown leaves nothing there."""
     backend = load_backend(parse_backend(xen_lab.backend_url(parallel="1")))
     assert isinstance(backend, XenBackend)
     ctx = _context(tmp_path, monkeypatch)
     specs = make_specs(ctx.run_id, 4, ipaddress.IPv4Network(BRIDGE_SUBNET), oui=XEN_OUI)
     bad = dataclasses.replace(specs[1], memory="16G")  # more than this Xen has
-    cleaned = False
     try:
         backend.check(vm_image, 2)
         backend.prepare(vm_image, ctx)
@@ -132,7 +138,7 @@ def test_halfway_failure_fault_hooks_and_clean(xen_lab: XenLab, vm_image: Image,
         assert "xl create" in msg and "1 domU(s) already created were destroyed" in msg
         assert _dom0_leftovers(xen_lab, ctx.run_id) == [f"run dir {ctx.run_id}"]
 
-        g2, _g3 = backend.up([specs[2], specs[3]])
+        g2, g3 = backend.up([specs[2], specs[3]])
         name = domain_name(ctx.run_id, "g002")
         backend.pause(g2)
         assert "p" in backend.states()[name]
@@ -142,17 +148,80 @@ def test_halfway_failure_fault_hooks_and_clean(xen_lab: XenLab, vm_image: Image,
         backend.kill(g2)
         assert name not in backend.states()
 
-        # The harness dies here: another process cleans up from the journal alone.
-        xen.close_pool()
-        xen.ALREADY_REMOVED.clear()
-        backend.dom0 = None
-        cleaned = True
-        problems = RunState.load(ctx.state.path).remove_all()
+        # isolate/heal: the domU's vif on dom0 goes down and up, and so does its sshd's port.
+        deadline = time.monotonic() + 300
+        while not _answers(xen_lab, g3.spec.address):
+            assert time.monotonic() < deadline, f"g003 never answered\n{xen_lab.console(30)}"
+            time.sleep(2)
+        vif = f"vif{g3.info['domid']}.0"
+        backend.isolate([g3])
+        try:
+            assert "UP" not in xen_lab.ssh(f"ip -o link show {vif}").stdout.split(">")[0]
+            assert not _answers(xen_lab, g3.spec.address)
+        finally:
+            backend.heal()
+        assert ",UP" in xen_lab.ssh(f"ip -o link show {vif}").stdout.split(">")[0]
+        deadline = time.monotonic() + 60
+        while not _answers(xen_lab, g3.spec.address):
+            assert time.monotonic() < deadline, "g003 did not answer again after heal"
+            time.sleep(1)
     finally:
-        if not cleaned:
-            problems = backend.down() + ctx.state.remove_all()
+        problems = backend.down() + ctx.state.remove_all()
     assert problems == []
     assert _dom0_leftovers(xen_lab, ctx.run_id) == []
+
+
+XEN_UP_AND_WAIT = """
+import ipaddress, sys
+from pathlib import Path
+from harness.backends import load_backend, parse_backend
+from harness.backends.base import RunContext
+from harness.identity import XEN_OUI, KeyPair, make_specs
+from harness.image.cache import resolve
+from harness.state import RunState
+url, image_dir, subnet, gateway, run_id, run_dir = sys.argv[1:7]
+backend = load_backend(parse_backend(url))
+state = RunState.create(run_id, backend="xen")
+ctx = RunContext(run_id, state, Path(run_dir), KeyPair.generate().public_openssh,
+                 options={"subnet": subnet, "subnet_gateway": gateway})
+backend.prepare(resolve(image_dir), ctx)
+(g,) = backend.up(make_specs(run_id, 1, ipaddress.IPv4Network(subnet), oui=XEN_OUI))
+print("UP", g.info["domain"], flush=True)
+sys.stdin.read()
+"""
+
+
+def test_sigkill_owner_then_clean(xen_lab: XenLab, vm_image: Image, tmp_path: Path) -> None:
+    """The process that created a domU is SIGKILLed; `scalelab clean` removes, from the
+    run's journal alone, the domain, its writable disk and its loop devices on dom0."""
+    env = {**os.environ, "SCALELAB_STATE_ROOT": str(tmp_path / "state")}
+    run_id = new_run_id()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", XEN_UP_AND_WAIT, xen_lab.backend_url(), str(vm_image.dir),
+         BRIDGE_SUBNET, "10.213.254.1/24", run_id, str(tmp_path)],
+        cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("UP "), line
+        domain = line.split()[1]
+        # Before the kill: the owner is alive and its domU runs on dom0.
+        assert proc.poll() is None
+        assert domain in xen_lab.ssh("xl list").stdout
+        assert _dom0_leftovers(xen_lab, run_id) != []
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert domain in xen_lab.ssh("xl list").stdout  # the domU outlives its owner...
+    out = subprocess.run([sys.executable, "-m", "harness.cli", "clean", run_id], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert run_id in out.stdout
+    assert domain not in xen_lab.ssh("xl list").stdout  # ...and clean destroys it
+    assert _dom0_leftovers(xen_lab, run_id) == []
+    assert not (tmp_path / "state" / run_id).exists()
 
 
 def test_dom0_checks(xen_lab: XenLab, vm_image: Image, tmp_path: Path) -> None:
