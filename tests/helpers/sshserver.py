@@ -123,14 +123,20 @@ def silent_port() -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def closing_port() -> Iterator[int]:
-    """Accepts connections and resets them at once (a guest that dies mid-handshake)."""
-    def reset(conn: socket.socket) -> None:
-        # SO_LINGER 0: close() sends RST instead of FIN, as a killed process's socket would.
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+def closing_port(after_banner: bool = False) -> Iterator[int]:
+    """Accepts connections and closes them: at once (sshd refusing to start a session), or
+    after sending an SSH identification (a guest dying in the middle of the handshake)."""
+    def close(conn: socket.socket) -> None:
+        if after_banner:
+            with contextlib.suppress(OSError):
+                conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+                # Until the client's own identification and key exchange have arrived: closing
+                # on unread data makes the kernel answer with a reset, as for a killed sshd.
+                conn.settimeout(5)
+                conn.recv(1)
         conn.close()
 
-    with _accepting(reset) as port:
+    with _accepting(close) as port:
         yield port
 
 
