@@ -267,12 +267,6 @@ def test_fault_limit_and_unlimit_on_a_lab_left_up(image: Image, tmp_path: Path) 
     assert before.diff(snapshot()) == {}
 
 
-def scalelab_in(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """``scalelab ARGS`` with ``env`` added to this environment (SCALELAB_CACHE)."""
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=PROJECT,
-                          env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
-
-
 def _fake_cached(cache: Path, key: str, manifest: dict[str, Any], created: str) -> Path:
     """An image entry in ``cache`` (a manifest and a small stand-in for base.img)."""
     d = cache / "images" / key
@@ -300,24 +294,24 @@ def test_image_prune_keeps_current(image: Image, tmp_path: Path) -> None:
     old = [_fake_cached(cache, k, image.manifest, "2026-01-01T00:00:00Z")
            for k in ("00000000dead0001", "00000000dead0002")]
     env = {"SCALELAB_CACHE": str(cache)}
-    listing = scalelab_in(env, "image", "list")
+    listing = scalelab("image", "list", env=env)
     assert all(d.name in listing.stdout for d in [*kept, *old]), listing.stdout
-    res = scalelab_in(env, "image", "prune")
+    res = scalelab("image", "prune", env=env)
     assert res.returncode == 0, res.stderr
     for d in old:
         assert not d.exists() and f"removed {d.name}" in res.stdout
     for d in kept:
         assert (d / "base.img").read_bytes() == b"not an image" and d.name not in res.stdout
     assert "2 image(s) removed" in res.stdout
-    again = scalelab_in(env, "image", "prune")
+    again = scalelab("image", "prune", env=env)
     assert again.returncode == 0 and "0 image(s) removed" in again.stdout
-    every = scalelab_in(env, "image", "prune", "--all")
+    every = scalelab("image", "prune", "--all", env=env)
     assert every.returncode == 0 and "2 image(s) removed" in every.stdout
     assert not any((cache / "images").iterdir())
     assert sorted(p.name for p in images_root().iterdir()) == real  # the real cache: untouched
     # A recipe that does not exist is refused before anything is removed.
     kept = [_fake_cached(cache, "00000000dead0003", image.manifest, "2026-01-01T00:00:00Z")]
-    res = scalelab_in(env, "image", "prune", "--recipe", str(tmp_path / "missing.toml"))
+    res = scalelab("image", "prune", "--recipe", str(tmp_path / "missing.toml"), env=env)
     one_clear_line(res, "does not exist")
     assert kept[0].is_dir()
 
@@ -330,10 +324,10 @@ def test_image_verify(image: Image, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     bad = _fake_cached(cache, "00000000bad00001", image.manifest, "2026-01-01T00:00:00Z")
     for spec, env in (("00000000bad", {"SCALELAB_CACHE": str(cache)}), (str(bad), {})):
-        res = scalelab_in(env, "image", "verify", spec)
+        res = scalelab("image", "verify", spec, env=env)
         assert res.returncode == 1, res.stdout + res.stderr
         actual = "sha256:" + hashlib.sha256(b"not an image").hexdigest()
         assert res.stdout.strip() == (f"image 00000000bad00001: digest {actual} does not "
                                       f"match {image.digest}")
-    one_clear_line(scalelab_in({"SCALELAB_CACHE": str(cache)}, "image", "verify", "nosuchkey"),
+    one_clear_line(scalelab("image", "verify", "nosuchkey", env={"SCALELAB_CACHE": str(cache)}),
                    "no cached image 'nosuchkey'")
