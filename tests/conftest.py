@@ -28,6 +28,12 @@ def image(root: None) -> Image:
     return ensure_image(build_config({}, PROJECT))
 
 
+@pytest.fixture(scope="session")
+def vm_image(root: None) -> Image:
+    """The default recipe's VM image (kernel + initramfs), built once if not cached."""
+    return ensure_image(build_config({}, PROJECT), vm=True)
+
+
 @pytest.fixture
 def no_leaks(root: None) -> Iterator[Snapshot]:
     """Fails the test if it leaves a namespace, link, mount, loop device, guest process,
@@ -36,3 +42,19 @@ def no_leaks(root: None) -> Iterator[Snapshot]:
     yield before
     left = before.diff(snapshot())
     assert not left, f"left behind: {left}"
+
+
+#: Fixtures that need root (namespaces, mounts, sshd, VMs): a test using one must say so
+#: with a marker, so that ``-m "not integration and not vm"`` is the suite any user can run.
+ROOT_FIXTURES = {"root", "image", "no_leaks", "vm_image"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    unmarked = [
+        item.nodeid for item in items
+        if ROOT_FIXTURES & set(getattr(item, "fixturenames", ()))
+        and not (item.get_closest_marker("integration") or item.get_closest_marker("vm"))
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "tests that need root must be marked integration or vm: " + ", ".join(unmarked[:5]))

@@ -38,12 +38,6 @@ pytestmark = pytest.mark.vm
 N = 2
 
 
-@pytest.fixture(scope="session")
-def vm_image(root: None) -> Image:
-    """The default recipe's VM image (kernel + initramfs), built once if not cached."""
-    return ensure_image(build_config({}, PROJECT), vm=True)
-
-
 @pytest.fixture(scope="module")
 def session(vm_image: Image, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
     with lab_session(tmp_path_factory.mktemp("reports"), guests=str(N),

@@ -428,7 +428,7 @@ def test_qmp_without_qemu(tmp_path: Path) -> None:
 # -- checks before a lab -------------------------------------------------------------------
 
 
-def vm_image(tmp_path: Path, vm: bool = True) -> Image:
+def fake_vm_image(tmp_path: Path, vm: bool = True) -> Image:
     d = tmp_path / "img"
     d.mkdir(parents=True)
     for f in ("base.img", "vmlinuz", "initrd.img"):
@@ -459,27 +459,27 @@ def check_refusal(options: dict[str, str], image: Image, n: int = 2) -> str:
 
 
 def test_check_passes_on_a_good_host(host: Path, tmp_path: Path) -> None:
-    QemuBackend({"accel": "tcg"}).check(vm_image(tmp_path), 2)
+    QemuBackend({"accel": "tcg"}).check(fake_vm_image(tmp_path), 2)
 
 
 def test_check_refuses_missing_tools(host: Path, tmp_path: Path) -> None:
     (host / "mkfs.ext4").unlink()
-    assert "apt-get install e2fsprogs" in check_refusal({}, vm_image(tmp_path))
+    assert "apt-get install e2fsprogs" in check_refusal({}, fake_vm_image(tmp_path))
     (host / "qemu-system-x86_64").unlink()
-    assert "apt-get install qemu-system-x86" in check_refusal({}, vm_image(tmp_path / "b"))
+    assert "apt-get install qemu-system-x86" in check_refusal({}, fake_vm_image(tmp_path / "b"))
 
 
 def test_check_refuses_an_image_without_vm_parts(host: Path, tmp_path: Path) -> None:
-    assert "--vm" in check_refusal({}, vm_image(tmp_path, vm=False))
+    assert "--vm" in check_refusal({}, fake_vm_image(tmp_path, vm=False))
 
 
 def test_check_refuses_systemd_on_a_lean_image(host: Path, tmp_path: Path) -> None:
-    assert "--force" in check_refusal({"init": "systemd"}, vm_image(tmp_path))
+    assert "--force" in check_refusal({"init": "systemd"}, fake_vm_image(tmp_path))
 
 
 def test_check_refuses_what_memory_cannot_hold(host: Path, tmp_path: Path) -> None:
     # 16 x (1G + 64M QEMU + 64M translation cache) > 4 GiB
-    msg = check_refusal({"memory": "1G"}, vm_image(tmp_path), 16)
+    msg = check_refusal({"memory": "1G"}, fake_vm_image(tmp_path), 16)
     assert "16 VMs of 1G (+128M for QEMU each) need 18432 MiB" in msg
     assert "smaller memory=" in msg
 
@@ -487,9 +487,9 @@ def test_check_refuses_what_memory_cannot_hold(host: Path, tmp_path: Path) -> No
 def test_check_refuses_tap_where_taps_are_impossible(host: Path, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(links, "tap_possible", lambda: "not root")
-    assert check_refusal({"net": "tap"}, vm_image(tmp_path)) == (
+    assert check_refusal({"net": "tap"}, fake_vm_image(tmp_path)) == (
         "qemu option net=tap: not root; use net=user")
-    QemuBackend({"net": "auto"}).check(vm_image(tmp_path / "b"), 2)  # auto falls back
+    QemuBackend({"net": "auto"}).check(fake_vm_image(tmp_path / "b"), 2)  # auto falls back
 
 
 # -- host facts ------------------------------------------------------------------------------

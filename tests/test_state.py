@@ -31,6 +31,7 @@ def test_journal_roundtrip_and_corruption(state_root: Path) -> None:
     assert [s.run_id for s in list_states()] == ["run1"]
 
 
+@pytest.mark.integration  # it mounts a tmpfs
 def test_teardown_removes_only_what_was_recorded(state_root: Path, tmp_path: Path,
                                                   root: None) -> None:
     mine = tmp_path / "mine"

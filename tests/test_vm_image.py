@@ -8,19 +8,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from leaks import PROJECT
 
-from harness.config import build_config
 from harness.image.cache import Image
-from harness.image.ensure import ensure_image
 from harness.image.vm import ASSETS, GUEST_INIT, vm_info
 
 pytestmark = pytest.mark.vm
-
-
-@pytest.fixture(scope="module")
-def vm_image(root: None) -> Image:
-    return ensure_image(build_config({}, PROJECT), vm=True)
 
 
 def read_newc(data: bytes) -> dict[str, tuple[int, bytes]]:

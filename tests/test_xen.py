@@ -25,11 +25,9 @@ from xenlab import BRIDGE_SUBNET, XenLab, pinned_image, running_lab
 from harness.backends import load_backend, parse_backend, xen
 from harness.backends.base import RunContext
 from harness.backends.xen import XenBackend, domain_name
-from harness.config import build_config
 from harness.errors import LabError, UserError
 from harness.identity import XEN_OUI, KeyPair, make_specs
 from harness.image.cache import Image
-from harness.image.ensure import ensure_image
 from harness.runinfo import new_run_id
 from harness.state import RunState
 
@@ -38,17 +36,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def vm_image() -> Iterator[Image]:
-    """The project's VM image (kernel + overlay initramfs), built if not cached, pinned for
-    this module (every test and the harness it runs use these very files)."""
-    with pinned_image(ensure_image(build_config({}, ROOT), vm=True)) as image:
+def xen_image(vm_image: Image) -> Iterator[Image]:
+    """The project's VM image, pinned for this module (every test and the harness it runs
+    use these very files)."""
+    with pinned_image(vm_image) as image:
         yield image
 
 
 @pytest.fixture(scope="module")
-def xen_lab(vm_image: Image) -> Iterator[XenLab]:
+def xen_lab(xen_image: Image) -> Iterator[XenLab]:
     t0 = time.monotonic()
-    with running_lab([vm_image], boot_timeout=600) as lab:
+    with running_lab([xen_image], boot_timeout=600) as lab:
         print(f"\nxenlab: dom0 image {lab.timings['dom0_image_s']:.1f}s, seed disk "
               f"{lab.timings['seed_disk_s']:.1f}s, dom0 boot {lab.timings['dom0_boot_s']:.1f}s"
               f" (lab up in {time.monotonic() - t0:.1f}s)")
@@ -66,14 +64,14 @@ def _dom0_leftovers(lab: XenLab, run_id: str = "") -> list[str]:
     return left
 
 
-def test_scenarios_on_nested_xen(xen_lab: XenLab, vm_image: Image, tmp_path: Path) -> None:
+def test_scenarios_on_nested_xen(xen_lab: XenLab, xen_image: Image, tmp_path: Path) -> None:
     """The harness brings up 2 PV domUs of one read-only image, waits for pinned SSH through
     dom0, runs the SSH round trip and the CPU scenario, writes the report, tears down."""
     reports = tmp_path / "reports"
     argv = [
         sys.executable, "-m", "pytest", "scenarios/test_ssh_fanout.py", "scenarios/test_cpu.py",
         "--guests=2", f"--backend={xen_lab.backend_url()}", f"--subnet={BRIDGE_SUBNET}",
-        f"--reports-dir={reports}", f"--image={vm_image.dir}", "--ready-timeout=600",
+        f"--reports-dir={reports}", f"--image={xen_image.dir}", "--ready-timeout=600",
         "-p", "no:cacheprovider", "-q",
     ]
     t0 = time.monotonic()
@@ -117,7 +115,7 @@ def _answers(lab: XenLab, address: str) -> bool:
     return res.stdout.strip() == "yes"
 
 
-def test_halfway_failure_and_fault_hooks(xen_lab: XenLab, vm_image: Image, tmp_path: Path,
+def test_halfway_failure_and_fault_hooks(xen_lab: XenLab, xen_image: Image, tmp_path: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """A domU whose creation fails takes the ones already created down with it, and the
     error names it and quotes xl; pause/unpause, isolate/heal and destroy work as the fault
@@ -128,8 +126,8 @@ def test_halfway_failure_and_fault_hooks(xen_lab: XenLab, vm_image: Image, tmp_p
     specs = make_specs(ctx.run_id, 4, ipaddress.IPv4Network(BRIDGE_SUBNET), oui=XEN_OUI)
     bad = dataclasses.replace(specs[1], memory="16G")  # more than this Xen has
     try:
-        backend.check(vm_image, 2)
-        backend.prepare(vm_image, ctx)
+        backend.check(xen_image, 2)
+        backend.prepare(xen_image, ctx)
         with pytest.raises(LabError) as err:
             backend.up([specs[0], bad])
         msg = str(err.value)
@@ -191,13 +189,13 @@ sys.stdin.read()
 """
 
 
-def test_sigkill_owner_then_clean(xen_lab: XenLab, vm_image: Image, tmp_path: Path) -> None:
+def test_sigkill_owner_then_clean(xen_lab: XenLab, xen_image: Image, tmp_path: Path) -> None:
     """The process that created a domU is SIGKILLed; `scalelab clean` removes, from the
     run's journal alone, the domain, its writable disk and its loop devices on dom0."""
     env = {**os.environ, "SCALELAB_STATE_ROOT": str(tmp_path / "state")}
     run_id = new_run_id()
     proc = subprocess.Popen(
-        [sys.executable, "-c", XEN_UP_AND_WAIT, xen_lab.backend_url(), str(vm_image.dir),
+        [sys.executable, "-c", XEN_UP_AND_WAIT, xen_lab.backend_url(), str(xen_image.dir),
          BRIDGE_SUBNET, "10.213.254.1/24", run_id, str(tmp_path)],
         cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
@@ -224,14 +222,14 @@ def test_sigkill_owner_then_clean(xen_lab: XenLab, vm_image: Image, tmp_path: Pa
     assert not (tmp_path / "state" / run_id).exists()
 
 
-def test_dom0_checks(xen_lab: XenLab, vm_image: Image, tmp_path: Path) -> None:
+def test_dom0_checks(xen_lab: XenLab, xen_image: Image, tmp_path: Path) -> None:
     """What the seed set by hand is checked on dom0, and a wrong host key is refused."""
     missing = load_backend(parse_backend(xen_lab.backend_url(bridge="nosuchbr")))
     with pytest.raises(UserError, match="bridge nosuchbr for the domUs' vifs does not exist"):
-        missing.check(vm_image, 2)
+        missing.check(xen_image, 2)
     greedy = load_backend(parse_backend(xen_lab.backend_url(memory="4096")))
     with pytest.raises(UserError, match=r"Xen has \d+ MiB free; 2 domUs of 4096 MiB"):
-        greedy.check(vm_image, 2)
+        greedy.check(xen_image, 2)
     other = KeyPair.generate()
     wrong = tmp_path / "known_hosts"
     kt, blob = other.public_openssh.split()[:2]
@@ -239,7 +237,7 @@ def test_dom0_checks(xen_lab: XenLab, vm_image: Image, tmp_path: Path) -> None:
     url = (f"xen://root@127.0.0.1:{xen_lab.port}?known_hosts={wrong}&key={xen_lab.key_path}"
            "&connect_timeout=30")
     with pytest.raises(UserError, match="host key mismatch"):
-        load_backend(parse_backend(url)).check(vm_image, 2)
+        load_backend(parse_backend(url)).check(xen_image, 2)
     # Pinning dom0's key on purpose records exactly the key it was booted with.
     recorded = xen.record_host_key(f"root@127.0.0.1:{xen_lab.port}", tmp_path / "pinned")
     assert recorded == xen_lab.known_hosts.read_text().strip()
@@ -266,9 +264,8 @@ def test_image_upload_to_dom0(xen_lab: XenLab, tmp_path: Path,
     dom0 = backend._connect()
     bid = xen.bundle_id(image)
     try:
-        backend.ctx = ctx
-        files = backend._ensure_bundle(dom0, image)
-        assert backend._ensure_bundle(dom0, image) == files  # the second time: nothing to do
+        files = backend._ensure_bundle(dom0, image, ctx)
+        assert backend._ensure_bundle(dom0, image, ctx) == files  # the second: nothing to do
         local = subprocess.run(["sha256sum", str(base)], capture_output=True, text=True,
                                check=True).stdout.split()[0]
         remote = xen_lab.ssh(f"sha256sum {files['base.img']}; stat -c %s {files['base.img']};"

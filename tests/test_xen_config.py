@@ -36,6 +36,7 @@ from harness.backends.xen import (
     xl_string,
 )
 from harness.backends.xen import backend as xen_backend
+from harness.backends.xen.labrun import XenRun
 from harness.errors import LabError, UserError
 from harness.identity import XEN_OUI, KeyPair, make_specs
 from harness.image.cache import Image
@@ -540,12 +541,14 @@ def _started_backend(tmp_path: Path, dom0: XlDom0,
         assert guest.info["domain"] in dom0.domains
         announced.append(guest)
 
-    be.ctx = RunContext(RUN, RunState(RUN, journal, {}, []), tmp_path / "run", "ssh-ed25519 K",
-                        on_started=on_started)
+    ctx = RunContext(RUN, RunState(RUN, journal, {}, []), tmp_path / "run", "ssh-ed25519 K",
+                     on_started=on_started)
     (tmp_path / "run" / "xen").mkdir(parents=True)
-    be.run_dir = str(tmp_path / "xen" / "runs" / RUN)
-    Path(be.run_dir).mkdir(parents=True)
-    be.files = {n: f"/c/b1/{n}" for n in ("base.img", "vmlinuz", "initrd.img")}
+    run_dir = str(tmp_path / "xen" / "runs" / RUN)
+    Path(run_dir).mkdir(parents=True)
+    # What prepare() leaves: this run's context, dom0 and the bundle's paths there.
+    be._run = XenRun(ctx, dom0, run_dir,
+                     {n: f"/c/b1/{n}" for n in ("base.img", "vmlinuz", "initrd.img")})
     monkeypatch.setattr(xen_backend, "make_guest_disk",
                         lambda spec, key, path, size: path.write_bytes(b""))
     return be, announced

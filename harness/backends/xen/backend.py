@@ -27,6 +27,7 @@ from harness.backends.xen.dom0 import CREATE_TIMEOUT, Dom0, RemoteDom0, dom0_for
 from harness.backends.xen.domu import CreateFailed, Domain, domain_config, xl_create
 from harness.backends.xen.facts import Dom0Facts, probe_dom0
 from harness.backends.xen.footprint import domu_footprint
+from harness.backends.xen.labrun import XenRun
 from harness.backends.xen.options import Target, XenOptions
 from harness.backends.xen.staging import add_bridge_address, ensure_bundle
 from harness.backends.xen.xl import DomainWatch, domain_ids, xl_list
@@ -48,13 +49,10 @@ class XenBackend(Backend):
         super().__init__(options)
         self.opts = XenOptions.parse(self.options)
         self.jump_clients: dict[Jump, paramiko.SSHClient] = {}
-        self.jump: Jump | None = None
+        #: The connection to dom0, made by ``check`` (it probes dom0) or ``prepare``.
         self.dom0: Dom0 | None = None
         self.facts: Dom0Facts | None = None
-        self.ctx: RunContext | None = None
-        self.image: Image | None = None
-        self.run_dir = ""
-        self.files: dict[str, str] = {}
+        self._run: XenRun | None = None
         self.domains: dict[str, Domain] = {}
         self._resources: list[Resource] = []
         self._address: str | None = None
@@ -66,6 +64,13 @@ class XenBackend(Backend):
     @property
     def target(self) -> Target:
         return self.opts.target
+
+    @property
+    def run(self) -> XenRun:
+        """This run's context, dom0 and files there (what ``prepare`` returned)."""
+        if self._run is None:
+            raise LabError("the xen backend is not prepared: call prepare() first")
+        return self._run
 
     # -- checks ------------------------------------------------------------------------------
 
@@ -93,50 +98,58 @@ class XenBackend(Backend):
     # -- prepare -----------------------------------------------------------------------------
 
     def _record(self, target: str, **kwargs: Any) -> None:
-        assert self.ctx is not None
-        res = self.ctx.state.record(
+        self._record_in(self.run.ctx, target, **kwargs)
+
+    def _record_in(self, ctx: RunContext, target: str, **kwargs: Any) -> None:
+        res = ctx.state.record(
             "callback", target=f"harness.backends.xen:{target}",
             kwargs={"target": self.target.as_kwargs(), **kwargs},
         )
         with self._lock:
             self._resources.append(res)
 
-    def prepare(self, image: Image, ctx: RunContext) -> None:
-        self.ctx, self.image = ctx, image
+    def prepare(self, image: Image, ctx: RunContext) -> XenRun:
         if self.facts is None:
             self.check(image, 1)
         d = self._connect()
-        self.run_dir = posixpath.join(self.opts.workdir, "runs", ctx.run_id)
-        self._record("remove_path", path=self.run_dir)
-        d.check(["mkdir", "-p", self.run_dir], "making the run directory")
+
+        def record(target: str, **kwargs: Any) -> None:
+            self._record_in(ctx, target, **kwargs)
+
+        run_dir = posixpath.join(self.opts.workdir, "runs", ctx.run_id)
+        record("remove_path", path=run_dir)
+        d.check(["mkdir", "-p", run_dir], "making the run directory")
         if self.target.local:
             files = {k: str(v) for k, v in bundle_sources(image).items()}
         else:
-            files = self._ensure_bundle(d, image)
+            files = ensure_bundle(d, self.opts.workdir, image, ctx.run_id, record)
         # Real paths: xenstore, losetup and the journal then all name a file the same way.
         real = d.check(["readlink", "-f", *files.values()], "resolving the image paths")
-        self.files = dict(zip(files, real.splitlines(), strict=True))
         have = self.facts.bridge_addresses if self.facts else []
         self._address = add_bridge_address(
             d, self.opts.bridge, have, ctx.options["subnet"], ctx.options["subnet_gateway"],
-            self._record,
+            record,
         ) or self._address
+        jump = None
         if isinstance(d, RemoteDom0):
-            self.jump = Jump(self.target.host, self.target.port, self.target.user,
-                             d.server_key_line(), identity_file=self.target.key)
-            self.jump_clients = {self.jump: d.jump_client}
+            jump = Jump(self.target.host, self.target.port, self.target.user,
+                        d.server_key_line(), identity_file=self.target.key)
+            self.jump_clients = {jump: d.jump_client}
         (ctx.run_dir / "xen").mkdir(exist_ok=True)
+        self._run = XenRun(ctx, d, run_dir, dict(zip(files, real.splitlines(), strict=True)),
+                           jump)
+        return self._run
 
-    def _ensure_bundle(self, d: Dom0, image: Image) -> dict[str, str]:
+    def _ensure_bundle(self, d: Dom0, image: Image, ctx: RunContext) -> dict[str, str]:
         """The image, kernel and initramfs on dom0, copied once per build (by digest)."""
-        assert self.ctx is not None
-        return ensure_bundle(d, self.opts.workdir, image, self.ctx.run_id, self._record)
+        return ensure_bundle(d, self.opts.workdir, image, ctx.run_id,
+                             lambda target, **kw: self._record_in(ctx, target, **kw))
 
     # -- up ----------------------------------------------------------------------------------
 
     def _put_disk(self, spec: GuestSpec, ctx: RunContext, d: Dom0) -> str:
         """The domU's writable disk, made here with its identity inside, on dom0."""
-        disk = posixpath.join(self.run_dir, f"{spec.name}.img")
+        disk = posixpath.join(self.run.run_dir, f"{spec.name}.img")
         self._record("remove_path", path=disk)
         size = self.opts.disk_mib << 20
         if self.target.local:
@@ -150,7 +163,7 @@ class XenBackend(Backend):
 
     def _put_config(self, spec: GuestSpec, cfg: DomainConfig, ctx: RunContext, d: Dom0) -> str:
         """The domU's xl config on dom0, and a copy in the run directory for the reader."""
-        cfg_path = posixpath.join(self.run_dir, f"{spec.name}.cfg")
+        cfg_path = posixpath.join(self.run.run_dir, f"{spec.name}.cfg")
         text = render_config(cfg)
         (ctx.run_dir / "xen" / f"{spec.name}.cfg").write_text(text)
         self._record("remove_path", path=cfg_path)
@@ -158,7 +171,7 @@ class XenBackend(Backend):
         return cfg_path
 
     def _guest(self, spec: GuestSpec, dom: Domain) -> Guest:
-        return Guest(spec, spec.address, 22, jump=self.jump,
+        return Guest(spec, spec.address, 22, jump=self.run.jump,
                      lab_host=self.target.host or "local",
                      info={"domain": dom.name, "domid": dom.domid, "disk": dom.disk,
                            "create_retries": dom.retries})
@@ -166,18 +179,17 @@ class XenBackend(Backend):
     def _create_one(self, spec: GuestSpec) -> Domain:
         """Writable disk, config, ``xl create``: one domU, its phases recorded, announced to
         the lab as soon as it runs (so its readiness wait overlaps the others' creation)."""
-        assert self.ctx is not None and self.dom0 is not None
-        ctx, d = self.ctx, self.dom0
+        ctx, d, files = self.run.ctx, self.run.dom0, self.run.files
         t0 = now_ns()
         disk = self._put_disk(spec, ctx, d)
-        cfg = domain_config(spec, self.opts, self.files, ctx.run_id, disk)
+        cfg = domain_config(spec, self.opts, files, ctx.run_id, disk)
         dom = Domain(spec.name, cfg.name, self._put_config(spec, cfg, ctx, d), disk)
         t1 = now_ns()
         ctx.on_phase(spec.name, "created", t0, t1)
         self._record("destroy_domain", name=cfg.name)
         with self._lock:
             self.domains[spec.name] = dom
-        dom.retries = xl_create(d, spec.name, cfg.name, dom.cfg, [self.files["base.img"], disk])
+        dom.retries = xl_create(d, spec.name, cfg.name, dom.cfg, [files["base.img"], disk])
         dom.created_at = time.monotonic()
         ctx.on_phase(spec.name, "started", t1, now_ns())
         dom.started = self._guest(spec, dom)
@@ -191,7 +203,7 @@ class XenBackend(Backend):
 
     def _create_all(self, specs: Sequence[GuestSpec]) -> tuple[list[Domain], list[CreateFailed]]:
         """Create the domUs, ``parallel`` at a time; those created and the failures."""
-        assert self.ctx is not None
+        run_id = self.run.ctx.run_id
         failures: list[CreateFailed] = []
         created: list[Domain] = []
         workers = max(1, min(self.opts.parallel, len(specs)))
@@ -203,29 +215,28 @@ class XenBackend(Backend):
                 except CreateFailed as exc:
                     failures.append(exc)
                 except Exception as exc:
-                    failures.append(CreateFailed(spec.name, domain_name(self.ctx.run_id,
-                                                                        spec.name), str(exc)))
+                    failures.append(CreateFailed(spec.name, domain_name(run_id, spec.name),
+                                                 str(exc)))
         return created, failures
 
     def _abandon_up(self, created: list[Domain], failures: list[CreateFailed]) -> LabError:
         """Half-way: take down the domUs already created (and whatever xl may have left of
         the failed ones); the error that says what failed."""
-        assert self.dom0 is not None
+        d = self.run.dom0
         for dom in created:
             self._destroy(dom)
         for f in failures:
             with contextlib.suppress(LabError):
-                destroy_on(self.dom0, f.domain)
+                destroy_on(d, f.domain)
         first = failures[0]
         more = f" ({len(failures) - 1} more failed)" if len(failures) > 1 else ""
         return LabError(
             f"xl create of domU {first.domain} (guest {first.guest}) failed on dom0 "
-            f"{self.dom0.label}: {first.message}{more}; the {len(created)} domU(s) "
+            f"{d.label}: {first.message}{more}; the {len(created)} domU(s) "
             "already created were destroyed"
         )
 
     def up(self, specs: Sequence[GuestSpec]) -> list[Guest]:
-        assert self.ctx is not None and self.dom0 is not None
         created, failures = self._create_all(specs)
         if failures:
             raise self._abandon_up(created, failures)
@@ -236,7 +247,7 @@ class XenBackend(Backend):
             dom.domid = ids.get(dom.name)
             if dom.domid is None:
                 raise LabError(f"domU {dom.name} is not in `xl list` right after `xl create` "
-                               f"(crashed at once?): see its console on dom0 {self.dom0.label}")
+                               f"(crashed at once?): see its console on dom0 {self.run.dom0.label}")
             guest = dom.started or self._guest(spec, dom)
             guest.info["domid"] = dom.domid
             guests.append(guest)
@@ -247,34 +258,32 @@ class XenBackend(Backend):
         """A domU that crashed, powered off or rebooted is destroyed by Xen (its config says
         ``on_crash = "destroy"``...): one that has left ``xl list`` will never answer."""
         dom = self.domains.get(guest.name)
-        if dom is None or self.dom0 is None:
+        if dom is None or self._run is None:
             return None
+        d = self._run.dom0
         with self._lock:  # one watch, however many readiness threads ask at once
             if self.watch is None:
-                self.watch = DomainWatch(self.dom0)
+                self.watch = DomainWatch(d)
             watch = self.watch
         if not watch.gone(dom.name, dom.created_at):
             return None
-        return (f"domU {dom.name} is gone from `xl list` on dom0 {self.dom0.label} (it "
+        return (f"domU {dom.name} is gone from `xl list` on dom0 {d.label} (it "
                 "crashed, powered off or rebooted, and Xen destroyed it)")
 
     def domain_ids(self) -> dict[str, int]:
         """Domain name → domid of every domain dom0 runs (from ``xl list -l``, JSON)."""
-        assert self.dom0 is not None
-        return domain_ids(self.dom0)
+        return domain_ids(self.run.dom0)
 
     def states(self) -> dict[str, str]:
         """Domain name → xl's state letters (``r-----``, ``--p---``...)."""
-        assert self.dom0 is not None
-        return {name: row[4] for name, row in xl_list(self.dom0).items()}
+        return {name: row[4] for name, row in xl_list(self.run.dom0).items()}
 
     # -- down --------------------------------------------------------------------------------
 
     def _destroy(self, dom: Domain) -> str | None:
         """Destroy one domU of this run; a problem met is returned, not raised."""
-        assert self.dom0 is not None
         try:
-            destroy_on(self.dom0, dom.name)
+            destroy_on(self.run.dom0, dom.name)
         except LabError as exc:
             return str(exc)
         ALREADY_REMOVED.add((self.target.pool_key, "domain", dom.name))
@@ -283,7 +292,7 @@ class XenBackend(Backend):
         return None
 
     def down(self) -> list[str]:
-        if self.dom0 is None or self.ctx is None:
+        if self._run is None:
             return []
         problems: list[str] = []
         try:
@@ -330,8 +339,7 @@ class XenBackend(Backend):
         return out
 
     def guest_memory(self, guest: Guest) -> int | None:
-        assert self.dom0 is not None
-        row = xl_list(self.dom0).get(str(guest.info.get("domain")))
+        row = xl_list(self.run.dom0).get(str(guest.info.get("domain")))
         return int(row[2]) << 20 if row else None
 
     def upper_bytes(self, guest: Guest) -> int | None:
@@ -340,18 +348,16 @@ class XenBackend(Backend):
 
     def footprint(self, guests: Sequence[Guest]) -> Footprint:
         """Per guest: memory Xen gives the domU and the blocks its writable disk holds."""
-        return domu_footprint(self.dom0, guests) if self.dom0 is not None else {}
+        return domu_footprint(self._run.dom0, guests) if self._run is not None else {}
 
     # -- faults ------------------------------------------------------------------------------
 
     def _xl(self, verb: str, guest: Guest) -> None:
-        assert self.dom0 is not None
-        self.dom0.check(["xl", verb, str(guest.info["domain"])], f"xl {verb} {guest.name}",
+        self.run.dom0.check(["xl", verb, str(guest.info["domain"])], f"xl {verb} {guest.name}",
                         timeout=CREATE_TIMEOUT)
 
     def kill(self, guest: Guest) -> None:
-        assert self.dom0 is not None
-        destroy_on(self.dom0, str(guest.info["domain"]))
+        destroy_on(self.run.dom0, str(guest.info["domain"]))
 
     def pause(self, guest: Guest) -> None:
         self._xl("pause", guest)
@@ -364,16 +370,14 @@ class XenBackend(Backend):
 
     def isolate(self, guests: Sequence[Guest]) -> None:
         """Cut ``guests`` off the bridge by taking their vif down in dom0."""
-        assert self.dom0 is not None
         for g in guests:
-            self.dom0.check(["ip", "link", "set", self._vif(g), "down"], f"isolating {g.name}")
+            self.run.dom0.check(["ip", "link", "set", self._vif(g), "down"], f"isolating {g.name}")
             self._isolated.add(g.name)
 
     def heal(self) -> None:
-        assert self.dom0 is not None
         by_name = {g.name: g for g in self.guests}
         for name in sorted(self._isolated):
-            self.dom0.check(["ip", "link", "set", self._vif(by_name[name]), "up"],
+            self.run.dom0.check(["ip", "link", "set", self._vif(by_name[name]), "up"],
                             f"healing {name}")
         self._isolated.clear()
 
