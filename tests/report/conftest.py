@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from synthruns import RUN_ID, make_run
+from report.synthruns import RUN_ID, make_run
 
 from harness.report import render_report
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from expected import plots_called_for
+from report.expected import plots_called_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from synthruns import RunSpec
+from report.synthruns import RunSpec
 
 from harness.errors import UserError
 from harness.report import CompareResult, compare_runs
@@ -88,7 +88,7 @@ def flagged_cells(html: str) -> tuple[set[tuple[int, str]], dict[tuple[int, str]
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Four runs of the same sweep, differing only in how slow every operation is."""
-    from synthruns import make_run
+    from report.synthruns import make_run
 
     root = tmp_path_factory.mktemp("compare")
     specs = {"base": 1.0, "slower": 2.0, "noise": 1.05, "faster": 0.5}

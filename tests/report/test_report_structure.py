@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from expected import plots_called_for
-from synthruns import RUN_ID, RunSpec
+from report.expected import plots_called_for
+from report.synthruns import RUN_ID, RunSpec
 
 from harness.errors import UserError
 from harness.report import base_scenario, render_report
