@@ -26,6 +26,7 @@ from harness.image.cache import Image
 from harness.lab import Lab
 from harness.session import Session
 from harness.ssh import (
+    Fleet,
     GuestError,
     HandshakeGate,
     ReadyOptions,
@@ -283,6 +284,7 @@ def test_command_streams_are_kept_apart_and_bounded(lab: Lab) -> None:
     """stdout and stderr are read by one thread: neither may stall the other."""
     name = lab.guests[0].name
     fleet = lab.require_fleet()
+    assert isinstance(fleet, Fleet)  # one lab's fleet: its clients are here
     # 8 MiB on stderr while stdout stays silent, then a line on stdout: a reader that
     # only waited on stdout would stall once stderr filled the channel window (2 MiB).
     res = fleet.run("head -c 8388608 /dev/zero | tr '\\0' e >&2; echo done; exit 3",

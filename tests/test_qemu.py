@@ -28,7 +28,8 @@ from harness.faults import Nemesis
 from harness.identity import run_tag
 from harness.image.build import sha256_file
 from harness.image.cache import Image
-from harness.lab import Lab, ensure_image
+from harness.image.ensure import ensure_image
+from harness.lab import Lab
 from harness.report import render_report
 from harness.session import Session
 from harness.state import STATE_ROOT, list_states, process_alive
@@ -53,6 +54,12 @@ def lab(session: Session, vm_image: Image) -> Iterator[Lab]:
     lab.stop()
     assert sha256_file(vm_image.path) == digest_before, "a VM wrote into the shared image"
     assert sha256_file(vm_image.path) == vm_image.digest
+
+
+def qemu_of(lab: Lab) -> QemuBackend:
+    """The lab's backend as what it is (its fault hooks are QemuBackend's)."""
+    assert isinstance(lab.backend, QemuBackend)
+    return lab.backend
 
 
 def ours(before: Snapshot, *run_ids: str) -> dict[str, set[str]]:
@@ -152,26 +159,26 @@ def test_bringup_phases_recorded(lab: Lab) -> None:
 def test_pause_and_resume(lab: Lab) -> None:
     g = lab.guests[1]
     qmp_path = Path(g.info["qmp"])
-    lab.backend.pause(g)
+    qemu_of(lab).pause(g)
     try:
         assert qmp(qmp_path, "query-status")["status"] == "paused"
         group = lab.require_fleet().run("true", names=[g.name], timeout=2)
         assert group.failed == {g.name: "timeout"}  # a frozen guest answers nothing
     finally:
-        lab.backend.resume(g)
+        qemu_of(lab).resume(g)
     assert qmp(qmp_path, "query-status")["status"] == "running"
     assert run_ok(lab, g.name, "echo back").strip() == "back"
 
 
 def test_isolate_and_heal(lab: Lab) -> None:
     g = lab.guests[1]
-    lab.backend.isolate([g])
+    qemu_of(lab).isolate([g])
     try:
         # A fresh connection gets no answer (its SYN reaches a NIC whose link is down).
         with pytest.raises(OSError):
             socket.create_connection((g.spec.address, 22), timeout=1).close()
     finally:
-        lab.backend.heal()
+        qemu_of(lab).heal()
     assert run_ok(lab, g.name, "echo healed").strip() == "healed"
 
 
@@ -182,17 +189,17 @@ def test_partition_and_heal(lab: Lab) -> None:
 
     def reaches(src: Guest, dst: Guest) -> bool:
         probe = f"timeout 3 bash -c 'echo > /dev/tcp/{dst.spec.address}/22'"
-        return lab.require_fleet().run(probe, names=[src.name], timeout=30)[src.name].ok
+        return bool(lab.require_fleet().run(probe, names=[src.name], timeout=30)[src.name].ok)
 
     assert reaches(g0, g1) and reaches(g1, g0)
     table = f"slp-{lab.backend.tag}"  # type: ignore[attr-defined]
-    lab.backend.isolate([g0], [g1])  # isolate from a group = partition
+    qemu_of(lab).isolate([g0], [g1])  # isolate from a group = partition
     try:
         assert not reaches(g0, g1) and not reaches(g1, g0)
         assert run_ok(lab, g0.name, "echo host").strip() == "host"
         assert run_ok(lab, g1.name, "echo host").strip() == "host"
     finally:
-        lab.backend.heal()
+        qemu_of(lab).heal()
     assert reaches(g0, g1) and reaches(g1, g0)
     listed = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True)
     assert table not in listed.stdout
@@ -206,7 +213,7 @@ def test_kill_and_teardown_leave_nothing(session: Session, vm_image: Image) -> N
     pid, tap = int(g.info["pid"]), g.info["tap"]
     disk, sock = Path(g.info["disk"]), Path(g.info["qmp"])
     assert disk.is_file() and sock.exists() and Path(f"/sys/class/net/{tap}").exists()
-    lab.backend.kill(g)
+    qemu_of(lab).kill(g)
     assert not process_alive(pid, None)
     problems = lab.stop()
     assert problems == []
