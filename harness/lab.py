@@ -28,6 +28,7 @@ from harness.errors import LabError
 from harness.identity import GuestSpec, KeyPair, choose_subnet, make_specs, preflight
 from harness.image import cache
 from harness.image.ensure import ensure_image
+from harness.inventory import InventoryLab, write_inventory
 from harness.readywait import ReadyWaiter, WaitHooks
 from harness.ssh import (
     FanOut,
@@ -258,6 +259,7 @@ class Lab:
             self.guests = guests
             self.key_path = key_path
             write_exports(self.run_dir, [(guests, key_path)])
+            write_inventory(self.run_dir, [InventoryLab(self.name, guests, key_path)])
             self._write_inventory(guests)
             for g in guests:
                 waiter.submit(g)  # those the backend did not announce

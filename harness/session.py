@@ -13,6 +13,7 @@ from typing import Any
 
 from harness.config import LabConfig
 from harness.image.cache import Image
+from harness.inventory import InventoryLab, write_inventory
 from harness.lab import DEFAULT_LAB, Lab, ProgressFn
 from harness.runinfo import (
     base_info,
@@ -111,10 +112,11 @@ class Session:
 
         Called when a lab comes up and when side labs go down during the run; the labs taken
         down at the end of the run stay listed (the files say who was in the run)."""
-        labs = [(lab.guests, lab.key_path) for lab in self.labs
+        labs = [InventoryLab(lab.name, lab.guests, lab.key_path) for lab in self.labs
                 if lab.up and lab.key_path is not None]
         if labs:
-            write_exports(self.run_dir, labs)
+            write_exports(self.run_dir, [(lab.guests, lab.key_path) for lab in labs])
+            write_inventory(self.run_dir, labs)
 
     def finish(self, *, render: bool = True, outcome: dict[str, int] | None = None,
                tests: list[dict[str, Any]] | None = None) -> list[str]:

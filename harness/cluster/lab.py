@@ -40,6 +40,7 @@ from harness.errors import LabError
 from harness.identity import KeyPair
 from harness.image import cache
 from harness.image.ensure import ensure_image
+from harness.inventory import InventoryLab, write_inventory
 from harness.lab import DEFAULT_LAB, Lab, ProgressFn, name_label
 from harness.ssh import write_client_key, write_exports
 from harness.state import RunState
@@ -288,6 +289,7 @@ class ClusterLab(Lab):
         self.fleet = fleet
         self.key_path = self.state.dir / "id_ed25519"
         write_exports(self.run_dir, [(guests, self.key_path)])
+        write_inventory(self.run_dir, [InventoryLab(self.name, guests, self.key_path)])
         self._write_inventory(guests)
 
     # -- helpers -------------------------------------------------------------------------

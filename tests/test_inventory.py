@@ -1,0 +1,279 @@
+"""The exported inventory driven by the real tools: ansible-core (ping, a playbook applied
+twice, a lab's group) and pytest-testinfra (its ssh and paramiko backends), against a run of
+two netns labs, every connection through the run's ``ssh_config`` and pinned ``known_hosts``.
+
+The commands are the README's ("Ansible" and "testinfra")."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers.labs import lab_session
+from leaks import PROJECT, snapshot
+
+from harness.image.cache import Image
+from harness.session import Session
+
+pytestmark = pytest.mark.integration
+
+BIN = Path(sys.executable).parent
+ALL = ["g000", "g001", "extra-g000", "extra-g001"]
+
+PLAYBOOK = """\
+- name: a file on every guest
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: write it (unchanged when it is already there)
+      ansible.builtin.copy:
+        dest: /root/scalelab-ansible.txt
+        content: "written by ansible on {{ inventory_hostname }}\\n"
+        mode: "0644"
+"""
+
+INFRA_TESTS = """\
+def test_hostname(host):
+    assert host.check_output("hostname") == host.backend.get_hostname()
+
+
+def test_debian_with_python3(host):
+    assert host.file("/etc/os-release").contains("Debian")
+    assert host.exists("python3")
+"""
+
+
+@pytest.fixture(scope="module")
+def run(image: Image, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
+    """One run, two labs of 2 guests (``g000``…, ``extra-g000``…) shared by this module's
+    tests; like ``no_leaks``, but once for the module, it fails if anything is left."""
+    before = snapshot()
+    with lab_session(tmp_path_factory.mktemp("inv") / "r") as s:
+        s.lab_up(2)
+        s.lab_up(2, name="extra")
+        yield s
+    left = before.diff(snapshot())
+    assert not left, f"left behind: {left}"
+
+
+class Ansible:
+    """ansible-core from this venv, as the README runs it, with nothing configured but strict
+    host key checking.
+
+    The inherited ``ANSIBLE_*`` variables are dropped and ``ANSIBLE_CONFIG`` is an empty file,
+    so no setting of this machine can turn checking off behind the test's back.  Each instance
+    has its own directory for Ansible's ControlMaster sockets: a second instance (e.g. with a
+    tampered known_hosts) must make its own connections rather than reuse checked ones, and
+    :meth:`close` ends the masters this instance started instead of leaving them for 60 s."""
+
+    def __init__(self, work: Path) -> None:
+        work.mkdir(parents=True, exist_ok=True)
+        self.work = work
+        # Short, under /tmp: a socket's path must fit in 108 bytes, pytest's tmp_path may not.
+        self.control = Path(tempfile.mkdtemp(prefix="scalelab-cp-"))
+        (work / "empty.cfg").write_text("")
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+        self.env.update(
+            ANSIBLE_HOST_KEY_CHECKING="True",
+            ANSIBLE_CONFIG=str(work / "empty.cfg"),
+            ANSIBLE_SSH_CONTROL_PATH_DIR=str(self.control),
+            ANSIBLE_NOCOLOR="1",
+            LC_ALL="C.UTF-8",  # ansible-core refuses to start under a non-UTF-8 locale
+        )
+
+    def __call__(self, tool: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN / tool), *args], capture_output=True, text=True,
+                              env=self.env, cwd=self.work, timeout=300, check=False)
+
+    def close(self) -> None:
+        for sock in self.control.iterdir():
+            subprocess.run(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "unused"],
+                           capture_output=True, timeout=30, check=False)
+        shutil.rmtree(self.control, ignore_errors=True)
+
+
+@pytest.fixture
+def ansible(tmp_path: Path) -> Iterator[Ansible]:
+    a = Ansible(tmp_path / "ansible")
+    try:
+        yield a
+    finally:
+        a.close()
+
+
+def one_line_results(out: str) -> dict[str, str]:
+    """host → status from ``ansible -o`` output (``g000 | SUCCESS => {...}``)."""
+    return dict(re.findall(r"^(\S+) \| ([A-Z]+)", out, re.M))
+
+
+def recap(out: str) -> dict[str, dict[str, int]]:
+    """host → counters from a playbook's PLAY RECAP (``g000 : ok=1 changed=0 ...``)."""
+    rows = re.findall(r"^(\S+)\s+:\s+(.*)$", out.split("PLAY RECAP", 1)[1], re.M)
+    return {h: {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", counts)} for h, counts in rows}
+
+
+def tampered(run_dir: Path, work: Path, victim: str, donor: str) -> Path:
+    """A copy of the run's exports in which ``victim``'s pinned key is ``donor``'s: a guest
+    that would answer with a key other than its pin.  Returns the copy's inventory."""
+    work.mkdir(parents=True, exist_ok=True)
+    keys = {}
+    lines = (run_dir / "known_hosts").read_text().splitlines()
+    for ln in lines:
+        names, kt, blob = ln.split()
+        keys[names.split(",")[0]] = (kt, blob)
+    known = work / "known_hosts"
+    known.write_text("\n".join(
+        f"{ln.split()[0]} {' '.join(keys[donor])}" if ln.split()[0].split(",")[0] == victim
+        else ln for ln in lines) + "\n")
+    cfg = work / "ssh_config"
+    cfg.write_text((run_dir / "ssh_config").read_text().replace(
+        str((run_dir / "known_hosts").resolve()), str(known.resolve())))
+    inv = work / "inventory.yml"
+    inv.write_text((run_dir / "inventory.yml").read_text().replace(
+        str((run_dir / "ssh_config").resolve()), str(cfg.resolve())))
+    return inv
+
+
+def test_inventory_groups_and_hosts(run: Session, ansible: Ansible) -> None:
+    inv = run.run_dir / "inventory.yml"
+    listed = ansible("ansible-inventory", "-i", str(inv), "--list")
+    assert listed.returncode == 0, listed.stderr
+    assert "warning" not in listed.stderr.lower(), listed.stderr
+    data: dict[str, Any] = json.loads(listed.stdout)
+    assert data["lab_default"]["hosts"] == ["g000", "g001"]
+    assert data["lab_extra"]["hosts"] == ["extra-g000", "extra-g001"]
+    # A plain lab has no lab host: no labhost_ group (a cluster lab has one per host).
+    assert not [k for k in data if k.startswith("labhost_")]
+    cfg = (run.run_dir / "ssh_config").resolve()
+    for lab in run.labs:
+        assert lab.key_path is not None
+        for g in lab.guests:
+            hv = data["_meta"]["hostvars"][g.name]
+            assert hv["ansible_host"] == g.name and hv["ansible_port"] == g.port
+            assert hv["ansible_user"] == "root"
+            assert hv["ansible_python_interpreter"] == "/usr/bin/python3"
+            assert hv["ansible_ssh_private_key_file"] == str(lab.key_path.resolve())
+            assert hv["ansible_ssh_common_args"] == f"-F {cfg}"
+            assert hv["scalelab_address"] == g.spec.address
+    # Each lab's own directory has its own inventory, through its own ssh_config.
+    extra = run.run_dir / "labs" / "extra"
+    own = ansible("ansible-inventory", "-i", str(extra / "inventory.yml"), "--list")
+    own_data: dict[str, Any] = json.loads(own.stdout)
+    assert sorted(own_data["_meta"]["hostvars"]) == ["extra-g000", "extra-g001"]
+    assert own_data["_meta"]["hostvars"]["extra-g000"]["ansible_ssh_common_args"] == (
+        f"-F {(extra / 'ssh_config').resolve()}")
+
+
+def test_ansible_pings_every_guest_strictly_checked(run: Session, ansible: Ansible,
+                                                    tmp_path: Path) -> None:
+    inv = run.run_dir / "inventory.yml"
+    out = ansible("ansible", "-i", str(inv), "all", "-m", "ping", "-o")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert one_line_results(out.stdout) == dict.fromkeys(ALL, "SUCCESS"), out.stdout
+    assert out.stdout.count('"ping": "pong"') == 4, out.stdout
+    # Checking is really on: with g000 pinned to another guest's key, g000 is refused
+    # (and only g000), by the same inventory through a copy of the exports.
+    bad = Ansible(tmp_path / "tampered-ansible")
+    try:
+        out = bad("ansible", "-i", str(tampered(run.run_dir, tmp_path / "t", "g000", "g001")),
+                  "all", "-m", "ping", "-o")
+    finally:
+        bad.close()
+    assert out.returncode != 0
+    assert one_line_results(out.stdout) == {"g000": "UNREACHABLE", "g001": "SUCCESS",
+                                            "extra-g000": "SUCCESS",
+                                            "extra-g001": "SUCCESS"}, out.stdout
+    assert "Host key verification failed" in out.stdout + out.stderr, out.stdout
+
+
+def test_lab_group_selects_only_its_guests(run: Session, ansible: Ansible) -> None:
+    inv = str(run.run_dir / "inventory.yml")
+    out = ansible("ansible", "-i", inv, "lab_extra", "-m", "ansible.builtin.command",
+                  "-a", "hostname", "-o")
+    assert out.returncode == 0, out.stdout + out.stderr
+    got = dict(re.findall(r"^(\S+) \| CHANGED \| rc=0 \| \(stdout\) (\S+)$", out.stdout, re.M))
+    assert got == {"extra-g000": "extra-g000", "extra-g001": "extra-g001"}, out.stdout
+    listed = ansible("ansible", "-i", inv, "lab_default", "--list-hosts")
+    assert listed.stdout.split()[2:] == ["g000", "g001"], listed.stdout
+
+
+def test_playbook_applied_twice_changes_nothing_the_second_time(run: Session,
+                                                                ansible: Ansible) -> None:
+    book = ansible.work / "site.yml"
+    book.write_text(PLAYBOOK)
+    inv = str(run.run_dir / "inventory.yml")
+    first = ansible("ansible-playbook", "-i", inv, str(book))
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert {h: c["changed"] for h, c in recap(first.stdout).items()} == dict.fromkeys(ALL, 1)
+    second = ansible("ansible-playbook", "-i", inv, str(book))
+    assert second.returncode == 0, second.stdout + second.stderr
+    counts = recap(second.stdout)
+    assert {h: (c["changed"], c["failed"], c["unreachable"]) for h, c in counts.items()} == (
+        dict.fromkeys(ALL, (0, 0, 0))), second.stdout
+    # The file is there, seen by scalelab's own fan-out rather than by Ansible.
+    for lab in run.labs:
+        group = lab.require_fleet().run("cat /root/scalelab-ansible.txt")
+        assert {n: r.stdout for n, r in group.results.items()} == {
+            g.name: f"written by ansible on {g.name}\n" for g in lab.guests}
+
+
+def run_testinfra(tmp_path: Path, hosts: str, ssh_config: Path
+                  ) -> subprocess.CompletedProcess[str]:
+    """A child pytest running :data:`INFRA_TESTS` with testinfra, as the README does."""
+    (tmp_path / "test_infra.py").write_text(INFRA_TESTS)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", f"--hosts={hosts}",
+         f"--ssh-config={ssh_config}", "test_infra.py"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300, check=False,
+        env={k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")})
+
+
+def test_testinfra_ssh_backend_through_the_exports(run: Session, tmp_path: Path) -> None:
+    out = run_testinfra(tmp_path, "ssh://g000,ssh://extra-g000", run.run_dir / "ssh_config")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "4 passed" in out.stdout, out.stdout
+    for host in ("g000", "extra-g000"):
+        assert f"test_hostname[ssh://{host}] PASSED" in out.stdout, out.stdout
+    # The same checks through a copy whose pin for g000 is wrong: OpenSSH refuses it.
+    tampered(run.run_dir, tmp_path / "t", "g000", "g001")
+    bad = run_testinfra(tmp_path, "ssh://g000,ssh://extra-g000", tmp_path / "t" / "ssh_config")
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "2 failed, 2 passed" in bad.stdout and "Host key verification failed" in bad.stdout
+
+
+def test_testinfra_paramiko_backend_ignores_the_pinned_keys(run: Session,
+                                                            tmp_path: Path) -> None:
+    """Why the README names the ssh backend only: testinfra's paramiko backend reads
+    HostName, Port, User and IdentityFile from ``--ssh-config`` but not UserKnownHostsFile,
+    HostKeyAlias or ProxyJump, and accepts any host key with a warning (``WarningPolicy``).
+    On netns guests it connects, but even to a guest whose pin is wrong."""
+    tampered(run.run_dir, tmp_path / "t", "g000", "g001")
+    out = run_testinfra(tmp_path, "paramiko://g000,paramiko://extra-g000",
+                    tmp_path / "t" / "ssh_config")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "4 passed" in out.stdout, out.stdout
+    assert "Unknown ssh-ed25519 host key" in out.stdout, out.stdout
+
+
+def test_readme_shows_the_commands_run_here() -> None:
+    readme = (PROJECT / "README.md").read_text()
+    for cmd in (
+        "ANSIBLE_HOST_KEY_CHECKING=True ansible -i reports/latest/inventory.yml all -m ping",
+        "ansible -i reports/latest/inventory.yml lab_extra -m ansible.builtin.command "
+        "-a hostname",
+        "ansible-playbook -i reports/latest/inventory.yml site.yml",
+        "pytest --hosts=ssh://g000,ssh://extra-g000 --ssh-config=reports/latest/ssh_config "
+        "test_infra.py",
+    ):
+        assert cmd in readme, cmd
+    assert f"```yaml\n{PLAYBOOK}```" in readme
+    assert f"```python\n{INFRA_TESTS}```" in readme
