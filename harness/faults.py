@@ -18,7 +18,7 @@ import contextlib
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,26 @@ def netem_available() -> bool:
     """Whether this kernel has sch_netem (delay/loss); this host's kernel does not."""
     res = subprocess.run(["modprobe", "-n", "sch_netem"], capture_output=True, check=False)
     return res.returncode == 0
+
+
+class Schedule(threading.Thread):
+    """A nemesis schedule running in the background; ``join`` re-raises what failed in it."""
+
+    def __init__(self, plan: Callable[[], None]) -> None:
+        super().__init__(name="nemesis", daemon=True)
+        self._plan = plan
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._plan()
+        except BaseException as exc:  # kept for join(): a daemon thread's error is lost
+            self.error = exc
+
+    def join(self, timeout: float | None = None) -> None:
+        super().join(timeout)
+        if self.error is not None and not self.is_alive():
+            raise self.error
 
 
 @dataclass
@@ -151,33 +171,39 @@ class Nemesis:
 
     # -- schedules -------------------------------------------------------------------------
 
-    def schedule(self, plan: Sequence[tuple[float, str, Sequence[str], float]]) -> threading.Thread:
+    def schedule(self, plan: Sequence[tuple[float, str, Sequence[str], float]]) -> Schedule:
         """Run ``(at_seconds, kind, guests, duration_seconds)`` faults in a background thread.
 
-        ``kind`` is kill, pause, isolate or bandwidth:<rate>.  Returns the started thread;
-        join it to wait for the plan to finish.
+        ``kind`` is kill, pause, isolate or bandwidth:<rate>, checked (with the backend's
+        capability and the guests' names) before anything starts.  Entries run in the order
+        of their offsets, one at a time: one that falls inside the previous fault starts when
+        that fault ends.  Returns the started thread; its ``join`` re-raises what failed.
         """
+        for _, kind, names, _ in plan:
+            base = kind.split(":", 1)[0]
+            if base not in ("kill", "pause", "isolate", "bandwidth"):
+                raise UserError(f"unknown fault {kind!r} in the schedule")
+            require(self.backend, base)
+            self._guests(names)
         t0 = time.monotonic()
 
         def run() -> None:
             for at, kind, names, duration in sorted(plan, key=lambda p: p[0]):
                 time.sleep(max(0.0, t0 + at - time.monotonic()))
-                cm: Any
                 if kind == "kill":
                     self.kill(names)
                     continue
+                cm: contextlib.AbstractContextManager[None]
                 if kind == "pause":
                     cm = self.paused(names)
                 elif kind == "isolate":
                     cm = self.isolated(names)
-                elif kind.startswith("bandwidth:"):
-                    cm = self.bandwidth(names, kind.split(":", 1)[1])
                 else:
-                    raise UserError(f"unknown fault {kind!r}")
+                    cm = self.bandwidth(names, kind.split(":", 1)[1])
                 with cm:
                     time.sleep(duration)
 
-        thread = threading.Thread(target=run, name="nemesis", daemon=True)
+        thread = Schedule(run)
         thread.start()
         return thread
 

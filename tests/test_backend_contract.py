@@ -52,7 +52,7 @@ class _KillOnly(Backend):
         self.killed: list[str] = []
 
     def check(self, image: Image, n_guests: int) -> None: ...
-    def prepare(self, image: Image, ctx: object) -> None: ...  # type: ignore[override]
+    def prepare(self, image: Image, ctx: object) -> None: ...
     def up(self, specs: Sequence[GuestSpec]) -> list[Guest]:
         return []
 

@@ -314,7 +314,9 @@ def test_24_guests_over_3_lab_hosts(image: Image, tmp_path: Path, mark: str) -> 
 
     t = pd.read_parquet(run / "timings.parquet")
     boot = t[(t["phase"] == "bringup") & (t["scenario"] == "bringup")]
-    assert boot.groupby("guest")["op"].nunique().eq(6).all()
+    # Every guest went through the same bring-up steps, ending authenticated and answering.
+    kinds = {tuple(sorted(map(str, ops))) for _, ops in boot.groupby("guest")["op"]}
+    assert len(kinds) == 1 and {"auth", "first_command"} <= set(next(iter(kinds))), kinds
     assert boot.groupby("lab_host")["guest"].nunique().to_dict() == dict.fromkeys(hosts, 8)
     rt = t[t["op"] == "roundtrip"]
     assert rt["ok"].all() and rt.groupby("guest").size().eq(10).all()

@@ -18,6 +18,7 @@ def write_client_key(state_dir: Path, key: KeyPair) -> Path:
     # Created with its mode rather than chmod-ed after: no window in which the umask's
     # default lets another user read the private key.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT: set it anyway
     with os.fdopen(fd, "w") as f:
         f.write(key.private_openssh)
     (state_dir / "id_ed25519.pub").write_text(key.public_openssh + "\n")

@@ -265,9 +265,10 @@ def _give_up_if_final(guest: Guest, opts: ReadyOptions, deadline: float,
         raise GuestError(guest.name, Failure.LOST, f"died before answering: {why}")
     if time.monotonic() > deadline:
         cls = classify(last) if last else Failure.TIMEOUT
+        said = (str(last) or type(last).__name__) if last else "nothing"  # a bare EOFError
         # An unclassified last failure says less than "it did not come up in time".
         raise GuestError(guest.name, cls if cls != Failure.ERROR else Failure.TIMEOUT,
-                         f"not ready after {opts.timeout:.0f}s (last: {last})")
+                         f"not ready after {opts.timeout:.0f}s (last: {said})")
 
 
 def connect_ready(
