@@ -6,9 +6,11 @@ The commands are the README's ("Ansible" and "testinfra")."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -21,8 +23,12 @@ import pytest
 from helpers.labs import lab_session
 from leaks import PROJECT, snapshot
 
+from harness.backends.base import Guest, Jump
+from harness.identity import make_specs
 from harness.image.cache import Image
+from harness.inventory import InventoryLab, write_inventory
 from harness.session import Session
+from harness.ssh import write_exports
 
 pytestmark = pytest.mark.integration
 
@@ -262,6 +268,34 @@ def test_testinfra_paramiko_backend_ignores_the_pinned_keys(run: Session,
     assert out.returncode == 0, out.stdout + out.stderr
     assert "4 passed" in out.stdout, out.stdout
     assert "Unknown ssh-ed25519 host key" in out.stdout, out.stdout
+
+
+def test_cluster_guests_grouped_by_lab_host_and_jumped_to(tmp_path: Path) -> None:
+    """A cluster lab's guests as its client exports them (one local, one behind its lab
+    host): a group per lab host, and the jump comes from the ssh_config the inventory names
+    (``ssh -G`` prints what OpenSSH would do for Ansible's ``-F <cfg> <ansible_host>``)."""
+    specs = make_specs("r-s0", 3, ipaddress.IPv4Network("10.9.0.0/24"), prefix="s0g")
+    jump = Jump("192.0.2.7", 22, "root", "192.0.2.7 ssh-ed25519 AAAAlabhost")
+    guests = [Guest(specs[0], specs[0].address, lab_host="127.0.0.1:4001"),
+              Guest(specs[1], specs[1].address, jump=jump, lab_host="lab-b.example"),
+              Guest(specs[2], specs[2].address, jump=jump, lab_host="lab-b.example")]
+    write_exports(tmp_path, [(guests, tmp_path / "id")])
+    write_inventory(tmp_path, [InventoryLab("default", guests, tmp_path / "id")])
+    a = Ansible(tmp_path / "ansible")
+    try:
+        listed = a("ansible-inventory", "-i", str(tmp_path / "inventory.yml"), "--list")
+    finally:
+        a.close()
+    assert listed.returncode == 0 and "warning" not in listed.stderr.lower(), listed.stderr
+    data: dict[str, Any] = json.loads(listed.stdout)
+    assert data["labhost_127_0_0_1_4001"]["hosts"] == ["s0g000"]
+    assert data["labhost_lab_b_example"]["hosts"] == ["s0g001", "s0g002"]
+    assert data["lab_default"]["hosts"] == ["s0g000", "s0g001", "s0g002"]
+    hv = data["_meta"]["hostvars"]["s0g001"]
+    argv = ["ssh", "-G", *shlex.split(hv["ansible_ssh_common_args"]), hv["ansible_host"]]
+    seen = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True).stdout
+    assert "proxyjump labhost-192.0.2.7-22" in seen and "stricthostkeychecking true" in seen
+    assert f"hostname {specs[1].address}" in seen and "hostkeyalias s0g001" in seen
 
 
 def test_readme_shows_the_commands_run_here() -> None:
