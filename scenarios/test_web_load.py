@@ -24,13 +24,9 @@ def test_nginx_under_wrk(agents: Agents, quorum: float) -> None:
     names = agents.fleet.names
     server, clients = names[0], names[1:] or names[:1]  # alone, the guest loads itself
     address = agents.fleet.guests[server].spec.address
-    ready = agents.run(  # a row for the server guest: how long nginx took to answer
-        "nginx_ready",
-        ["sh", "-c", "for i in $(seq 100); do python3 -c \"import urllib.request; "
-         "urllib.request.urlopen('http://127.0.0.1/16k.txt')\" 2>/dev/null && exit 0; "
-         "sleep 0.1; done; echo 'nginx did not answer on port 80 within 10 s' >&2; exit 1"],
-        names=[server],
-    )
+    # A row for the server guest: how long nginx took to answer (or why it did not).
+    ready = agents.wait_for_url("http://127.0.0.1/16k.txt", [server], timeout=10,
+                                op="nginx_ready")
     check_quorum(ready, 1.0)
     agents.deploy(HERE / "recipes" / "wrk-report.lua", names=clients)
     group = agents.run(

@@ -1,6 +1,8 @@
 """The exported inventory driven by the real tools: ansible-core (ping, a playbook applied
 twice, a lab's group) and pytest-testinfra (its ssh and paramiko backends), against a run of
-two netns labs, every connection through the run's ``ssh_config`` and pinned ``known_hosts``.
+two netns labs, every connection through the run's ``ssh_config`` and pinned ``known_hosts``;
+and, on the same guests, the waits scenarios used to write by hand (``Agents.wait_for_port``,
+``Agents.wait_for_url``).
 
 The commands are the README's ("Ansible" and "testinfra")."""
 
@@ -15,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,8 @@ from harness.image.cache import Image
 from harness.inventory import InventoryLab, write_inventory
 from harness.session import Session
 from harness.ssh import write_exports
+from harness.store import load_timings
+from harness.workloads import Agents
 
 pytestmark = pytest.mark.integration
 
@@ -296,6 +301,45 @@ def test_cluster_guests_grouped_by_lab_host_and_jumped_to(tmp_path: Path) -> Non
     seen = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True).stdout
     assert "proxyjump labhost-192.0.2.7-22" in seen and "stricthostkeychecking true" in seen
     assert f"hostname {specs[1].address}" in seen and "hostkeyalias s0g001" in seen
+
+
+def test_wait_for_port_and_url_wait_until_the_guests_answer(run: Session,
+                                                             tmp_path: Path) -> None:
+    lab = run.labs[0]
+    names = [g.name for g in lab.guests]
+    server = lab.guests[1]
+    addr = server.spec.address
+    with Agents(lab.require_fleet(), run.recorder("helpers", 2, lab.name), tmp_path) as agents:
+        # Its ready line comes 1.5 s before it listens: the waits below must really wait.
+        started = agents.serve(
+            "slow_http", ["sh", "-c", "echo starting; sleep 1.5; "
+                          "exec python3 -m http.server 8080 --bind 0.0.0.0"],
+            names=[server.name], ready_line="starting")
+        assert started.ok, started.reason(server.name)
+        t0 = time.monotonic()
+        port = agents.wait_for_port(8080, names, timeout=20, host=addr)
+        waited = time.monotonic() - t0
+        assert sorted(port.results) == names and port.ok, {n: port.reason(n) for n in names}
+        assert waited >= 1.0, waited
+        url = agents.wait_for_url(f"http://{addr}:8080/", names, timeout=5)
+        assert sorted(url.results) == names and url.ok, {n: url.reason(n) for n in names}
+        # Nothing listens on 8081; a missing page is an answer, but not a success.
+        miss = agents.wait_for_port(8081, names, timeout=1, host=addr)
+        assert sorted(miss.failed) == names
+        for n in names:
+            assert miss.reason(n) == (
+                f"{addr}:8081 did not answer within 1 s: [Errno 111] Connection refused")
+        gone = agents.wait_for_url(f"http://{addr}:8080/nope", names[:1], timeout=1,
+                                  op="wait_missing_page")
+        assert gone.reason(names[0]) == (
+            f"http://{addr}:8080/nope did not answer within 1 s: HTTP 404 File not found")
+    # One row per guest and wait, failures with the guest's reason.
+    t = load_timings(run.run_dir)
+    t = t[t["scenario"] == "helpers"]
+    for op, ok in (("wait_port_8080", True), ("wait_url", True), ("wait_port_8081", False)):
+        rows = t[t["op"] == op]
+        assert sorted(rows["guest"]) == names and rows["ok"].eq(ok).all(), rows
+    assert t[t["op"] == "wait_port_8081"]["error"].str.contains("Connection refused").all()
 
 
 def test_readme_shows_the_commands_run_here() -> None:

@@ -163,6 +163,34 @@ def _stop_command(server: Server, grace: float) -> str:
     )
 
 
+# Run by the guest's python3 (every image has it): polls until ``target`` answers or the
+# deadline passes, and on failure says why in its last stderr line (the row's reason), e.g.
+# "10.213.0.3:8080 did not answer within 5 s: [Errno 111] Connection refused".  The guest
+# polls rather than the host: a guest's own view (its loopback, its routes) is what counts,
+# and one SSH command per guest costs the same whether the wait is short or long.
+_WAIT_SCRIPT = """\
+import socket, sys, time, urllib.error, urllib.request
+kind, target, timeout = sys.argv[1], sys.argv[2], float(sys.argv[3])
+deadline = time.monotonic() + timeout
+while True:
+    left = max(0.05, min(1.0, deadline - time.monotonic()))
+    try:
+        if kind == "port":
+            host, port = target.rsplit(":", 1)
+            socket.create_connection((host.strip("[]"), int(port)), timeout=left).close()
+        else:
+            urllib.request.urlopen(target, timeout=left).close()
+        sys.exit(0)
+    except urllib.error.HTTPError as e:  # it answers, but not yet with a success
+        why = f"HTTP {e.code} {e.reason}"
+    except (OSError, ValueError) as e:
+        why = str(getattr(e, "reason", None) or e)
+    if time.monotonic() >= deadline:
+        sys.exit(f"{target} did not answer within {timeout:g} s: {why}")
+    time.sleep(0.1)
+"""
+
+
 class Agents:
     """Deploy and run agents on a fleet, recording everything."""
 
@@ -230,6 +258,32 @@ class Agents:
 
         return record_results(self.fleet.map(one, names), self.recorder, op,
                               log_dir=self.log_dir)
+
+    def wait_for_port(
+        self, port: int, names: Iterable[str] | None = None, timeout: float = 10.0, *,
+        host: str = "127.0.0.1", op: str | None = None,
+    ) -> GroupResult:
+        """Wait until a TCP connection to ``host:port`` succeeds from each guest (its own
+        loopback by default), for at most ``timeout`` seconds; one row per guest
+        (op ``wait_port_<port>`` unless given), a failure with the last reason it saw."""
+        target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return self._wait("port", target, names, timeout, op or f"wait_port_{port}")
+
+    def wait_for_url(
+        self, url: str, names: Iterable[str] | None = None, timeout: float = 10.0, *,
+        op: str = "wait_url",
+    ) -> GroupResult:
+        """Wait until ``url`` answers each guest with a success (an HTTP status below 400;
+        a 503 while a service starts is waited through), for at most ``timeout`` seconds;
+        one row per guest, a failure with the last reason it saw."""
+        return self._wait("url", url, names, timeout, op)
+
+    def _wait(self, kind: str, target: str, names: Iterable[str] | None, timeout: float,
+              op: str) -> GroupResult:
+        # The SSH command gets a margin over the guest's own deadline, so a slow guest
+        # fails with its own reason rather than the fan-out's timeout.
+        return self.run(op, ["python3", "-c", _WAIT_SCRIPT, kind, target, f"{timeout:g}"],
+                        names=names, timeout=timeout + 30)
 
     def serve(
         self, op: str, argv: Sequence[str], *, names: Iterable[str] | None = None,
