@@ -57,7 +57,7 @@ def _positive_int(name: str) -> Callable[[Any], int]:
     return parse
 
 
-def _positive_float(name: str) -> Callable[[Any], float | None]:
+def _positive_float(name: str, zero_ok: bool = False) -> Callable[[Any], float | None]:
     def parse(v: Any) -> float | None:
         if v in (None, ""):
             return None
@@ -65,8 +65,8 @@ def _positive_float(name: str) -> Callable[[Any], float | None]:
             x = float(v)
         except (TypeError, ValueError):
             raise UserError(f"--{name}={v!r}: not a number") from None
-        if x <= 0:
-            raise UserError(f"--{name}={v!r}: must be above 0")
+        if x < 0 or (x == 0 and not zero_ok):
+            raise UserError(f"--{name}={v!r}: must be {'0 or more' if zero_ok else 'above 0'}")
         return x
 
     return parse
@@ -131,6 +131,8 @@ OPTIONS: list[Option] = [
     Option("ready_timeout", "seconds a guest may take to answer SSH", 300.0,
            _positive_float("ready-timeout")),
     Option("cluster", "Dask scheduler (tcp://host:8786) or local:K to spread the lab"),
+    Option("sample_interval", "seconds between resource samples of guests and host (0: off)",
+           1.0, _positive_float("sample-interval", zero_ok=True)),
 ]
 
 
@@ -150,6 +152,7 @@ class LabConfig:
     subnet: str | None = None
     ready_timeout: float = 300.0
     cluster: str | None = None
+    sample_interval: float = 1.0
     project_dir: Path = field(default_factory=Path.cwd)
     #: ``backend`` parsed, and the image recipe loaded, once, when the config is made: the
     #: layers below read these and never parse the text again.

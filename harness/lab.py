@@ -310,6 +310,11 @@ class Lab:
         if self.fleet is not None:
             self.fleet.close()
 
+    def live_guests(self) -> list[Guest]:
+        """The guests started and not lost (all started ones while the lab comes up)."""
+        lost = self.fleet.lost if self.fleet is not None else {}
+        return [g for g in self.guests if g.name not in lost]
+
     @property
     def up(self) -> bool:
         """Its guests are running: brought up and not taken down (a kept lab stays up)."""

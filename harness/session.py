@@ -26,6 +26,7 @@ from harness.runinfo import (
 from harness.ssh import write_exports
 from harness.state import list_states
 from harness.store import Context, Recorder, Store
+from harness.telemetry.sampler import Sampler
 
 
 class Session:
@@ -50,6 +51,10 @@ class Session:
         self._finished = False
         write_run_json(self.run_dir, self.info)
         point_latest(self.reports_dir, self.run_dir)
+        self.sampler: Sampler | None = None
+        if config.sample_interval > 0:
+            self.sampler = Sampler(self.store, lambda: list(self.labs), config.sample_interval)
+            self.sampler.start()
 
     def warn_leftovers(self, print_fn: Callable[[str], None]) -> None:
         dead = [s for s in list_states() if not s.owner_alive and not s.kept]
@@ -125,6 +130,11 @@ class Session:
         ``tests`` are the outcomes of the run's tests (a skip or failure with its reason),
         kept in run.json for the report."""
         problems: list[str] = []
+        if self.sampler is not None:
+            self.sampler.stop()  # its last round comes before the labs go down
+            self.info["sampler"] = {"rounds": self.sampler.rounds,
+                                    "interval_s": self.sampler.interval,
+                                    "cpu_seconds": round(self.sampler.cpu_seconds, 3)}
         for lab in reversed(self.labs):
             problems += lab.stop()
         if self._finished:

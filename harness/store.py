@@ -22,7 +22,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,8 +33,10 @@ import pyarrow.parquet as pq
 
 TIMINGS_STREAM = "timings.jsonl"
 METRICS_STREAM = "metrics.jsonl"
+SAMPLES_STREAM = "samples.jsonl"
 TIMINGS_PARQUET = "timings.parquet"
 METRICS_PARQUET = "metrics.parquet"
+SAMPLES_PARQUET = "samples.parquet"
 
 #: Columns of the timings table, in order.  ``phase`` groups rows ("bringup", "workload",
 #: "fault", "teardown"...), ``op`` names the measured step inside it.
@@ -68,6 +70,25 @@ METRICS_SCHEMA = pa.schema(
         ("lab_host", pa.string()),
         ("t", pa.timestamp("ns", tz="UTC")),
         ("metric", pa.string()),
+        ("value", pa.float64()),
+        ("unit", pa.string()),
+    ]
+)
+
+#: Resource samples (harness.telemetry): what guests and lab hosts spend, read from the host
+#: side.  ``item`` tells apart several series of one resource (a host's CPU core); ``kind``
+#: says whether the value is a counter (stored as counted; rates are derived when the report
+#: reads it) or a gauge.
+SAMPLES_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("lab", pa.string()),
+        ("lab_host", pa.string()),
+        ("guest", pa.string()),
+        ("t", pa.timestamp("ns", tz="UTC")),
+        ("resource", pa.string()),
+        ("item", pa.string()),
+        ("kind", pa.string()),  # "counter" (monotonic) or "gauge"
         ("value", pa.float64()),
         ("unit", pa.string()),
     ]
@@ -125,6 +146,7 @@ class Store:
         run_dir.mkdir(parents=True, exist_ok=True)
         self._timings = _AppendFile(run_dir / TIMINGS_STREAM)
         self._metrics = _AppendFile(run_dir / METRICS_STREAM)
+        self._samples = _AppendFile(run_dir / SAMPLES_STREAM)
 
     def scoped(self, **changes: Any) -> Recorder:
         """A recorder whose rows carry this store's context with ``changes`` applied."""
@@ -137,11 +159,17 @@ class Store:
     def add_metric(self, row: Mapping[str, Any]) -> None:
         self._metrics.write_row(row)
 
+    def add_samples(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """One sampling round's rows, each its own line (a kill keeps every whole one)."""
+        for row in rows:
+            self._samples.write_row(row)
+
     def close(self) -> None:
         self._timings.close()
         self._metrics.close()
+        self._samples.close()
 
-    def finish(self) -> tuple[Path, Path]:
+    def finish(self) -> tuple[Path, ...]:
         """Close the streams and write the Parquet files."""
         self.close()
         return write_parquet(self.run_dir)
@@ -301,12 +329,13 @@ def read_stream(path: Path, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def write_parquet(run_dir: Path) -> tuple[Path, Path]:
+def write_parquet(run_dir: Path) -> tuple[Path, ...]:
     """(Re)build ``timings.parquet`` and ``metrics.parquet`` from the streams of ``run_dir``."""
     out = []
     for stream, parquet, schema in (
         (TIMINGS_STREAM, TIMINGS_PARQUET, TIMINGS_SCHEMA),
         (METRICS_STREAM, METRICS_PARQUET, METRICS_SCHEMA),
+        (SAMPLES_STREAM, SAMPLES_PARQUET, SAMPLES_SCHEMA),
     ):
         table = read_stream(run_dir / stream, schema)
         target = run_dir / parquet
@@ -314,7 +343,7 @@ def write_parquet(run_dir: Path) -> tuple[Path, Path]:
         pq.write_table(table, tmp)
         os.replace(tmp, target)
         out.append(target)
-    return out[0], out[1]
+    return tuple(out)
 
 
 def load_timings(run_dir: Path) -> pd.DataFrame:
@@ -328,6 +357,13 @@ def load_metrics(run_dir: Path) -> pd.DataFrame:
     if (run_dir / METRICS_PARQUET).exists():
         return _frame(pq.read_table(run_dir / METRICS_PARQUET))
     return _frame(read_stream(run_dir / METRICS_STREAM, METRICS_SCHEMA))
+
+
+def load_samples(run_dir: Path) -> pd.DataFrame:
+    """A run's resource samples: from Parquet when written, else rebuilt from the stream."""
+    if (run_dir / SAMPLES_PARQUET).exists():
+        return _frame(pq.read_table(run_dir / SAMPLES_PARQUET))
+    return _frame(read_stream(run_dir / SAMPLES_STREAM, SAMPLES_SCHEMA))
 
 
 def _frame(table: pa.Table) -> pd.DataFrame:

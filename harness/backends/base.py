@@ -25,6 +25,7 @@ import paramiko
 from harness.identity import GuestSpec
 from harness.image.cache import Image
 from harness.state import RunState
+from harness.telemetry.sample import Sample
 
 #: Called by a backend as each guest passes a phase: (guest name, phase, start_ns, end_ns).
 PhaseHook = Callable[[str, str, int, int], None]
@@ -195,6 +196,14 @@ Footprint = dict[str, dict[str, tuple[float, str]]]
 class HasFootprint(Protocol):
     def footprint(self, guests: Sequence[Guest]) -> Footprint:
         """What each guest costs the host now (memory, copy-on-write bytes)."""
+
+
+@runtime_checkable
+class HasTelemetry(Protocol):
+    def sample(self, guests: Sequence[Guest], *, slow: bool = False) -> list[Sample]:
+        """What each guest spends now, read from the host side: CPU seconds, memory,
+        processes, bytes and packets on its link (counters as counters); with ``slow`` the
+        costlier ones too (bytes in its copy-on-write layer)."""
 
 
 @runtime_checkable

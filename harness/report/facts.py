@@ -16,13 +16,22 @@ from harness.report.rundata import RUN_INFO, RunData
 from harness.report.summary import Knee, success_rate, workload_rows
 from harness.report.templating import fmt_bytes, fmt_duration, fmt_percent
 from harness.report.zones import format_time, offsets_in_span, zone_name
-from harness.store import METRICS_PARQUET, METRICS_STREAM, TIMINGS_PARQUET, TIMINGS_STREAM
+from harness.store import (
+    METRICS_PARQUET,
+    METRICS_STREAM,
+    SAMPLES_PARQUET,
+    SAMPLES_STREAM,
+    TIMINGS_PARQUET,
+    TIMINGS_STREAM,
+)
 
 RAW_FILES = (
     (TIMINGS_PARQUET, "all timing rows (Parquet)"),
     (METRICS_PARQUET, "agent metrics (Parquet)"),
     (TIMINGS_STREAM, "timing rows as recorded (JSON lines)"),
     (METRICS_STREAM, "agent metrics as recorded (JSON lines)"),
+    (SAMPLES_PARQUET, "resource samples of guests and host (Parquet)"),
+    (SAMPLES_STREAM, "resource samples as recorded (JSON lines)"),
     (RUN_INFO, "run description"),
     ("ssh_config", "ssh -F config for the guests"),
     ("known_hosts", "pinned guest host keys"),

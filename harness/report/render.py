@@ -12,6 +12,7 @@ import pandas as pd
 from harness.report import plots
 from harness.report.export import PLOTS_DIR, PlotFile, save_figure, slug
 from harness.report.facts import environment_rows, not_passed, raw_files, run_summary
+from harness.report.resources import ScenarioCost, scenario_costs
 from harness.report.rundata import RunData, load_run
 from harness.report.scenarios import base_scenario
 from harness.report.summary import (
@@ -163,6 +164,52 @@ def _drop_stale_plots(out: Path, written: list[PlotFile]) -> None:
             path.unlink(missing_ok=True)
 
 
+CAPTION_HOST = ("The lab host over the whole run; dotted lines mark where each scenario began, "
+                "shaded bands are fault windows.")
+CAPTION_GUESTS = ("Per guest, as rates between samples: the line is the median guest, the band "
+                  "holds 90% of them, the thin lines are the busiest guests.")
+
+
+@dataclass
+class ResourcesSection:
+    plots: list[PlotFile]
+    costs: list[ScenarioCost]
+
+
+def _scenario_spans(timings: pd.DataFrame) -> pd.DataFrame:
+    """Where each scenario (test) began and ended, labelled for the time axes."""
+    wl = workload_rows(timings)
+    if wl.empty:
+        return pd.DataFrame(columns=["start", "end", "label"])
+    spans = wl.groupby("scenario", observed=True, as_index=False).agg(
+        start=("start", "min"), end=("end", "max"))
+    spans["label"] = spans["scenario"].astype(str)
+    sorted_spans: pd.DataFrame = spans.sort_values("start")
+    return sorted_spans
+
+
+def _resources(data: RunData, tc: TimeContext, out: Path) -> ResourcesSection | None:
+    """The Resources section, when the run has samples (runs before telemetry have none)."""
+    samples = data.samples
+    if samples.empty:
+        return None
+    spans = _scenario_spans(data.timings)
+    written = [save_figure(plots.host_figure(samples, tc.zone, tc.faults, tc.lost, spans),
+                           out, "resources-host", "lab host: CPU, memory, load",
+                           CAPTION_HOST)]
+    guests = plots.guests_figure(samples, tc.zone, tc.faults, tc.lost, spans)
+    if guests is not None:
+        written.append(save_figure(guests, out, "resources-guests",
+                                   "guests: CPU and traffic", CAPTION_GUESTS))
+    return ResourcesSection(written, scenario_costs(samples, workload_rows(data.timings)))
+
+
+def _sample_interval(info: dict[str, Any]) -> str:
+    config = info.get("config")
+    value = config.get("sample_interval") if isinstance(config, dict) else None
+    return f"{value:g} s" if isinstance(value, int | float) else "interval"
+
+
 def render_report(run_dir: Path, tz: str | None = None, out_dir: Path | None = None) -> Path:
     """Render ``run_dir`` into ``out_dir`` (default: the run directory); return index.html.
 
@@ -190,7 +237,9 @@ def render_report(run_dir: Path, tz: str | None = None, out_dir: Path | None = N
     if series:
         fig = plots.metrics_figure(data.metrics, zone, tc.faults, tc.lost, series)
         metrics_plot = save_figure(fig, out, "metrics", "agent metrics over time", CAPTION_METRICS)
+    resources = _resources(data, tc, out)
     written = [p for s in sections for p in s.plots] + gantts
+    written += resources.plots if resources else []
     _drop_stale_plots(out, [*written, metrics_plot] if metrics_plot else written)
 
     return write_page(
@@ -212,6 +261,8 @@ def render_report(run_dir: Path, tz: str | None = None, out_dir: Path | None = N
         lost=_records(tc.lost),
         faults=_records(tc.faults),
         metrics_plot=metrics_plot,
+        resources=resources,
+        sample_interval=_sample_interval(data.info),
         metric_series=series,
         metric_table=_records(metric_table(data.metrics)),
         environment=environment_rows(data.info),

@@ -10,15 +10,19 @@ from typing import Any
 import pandas as pd
 
 from harness.errors import UserError
+from harness.report.resources import tidy_samples
 from harness.report.scenarios import base_scenario
 from harness.store import (
     METRICS_PARQUET,
     METRICS_SCHEMA,
     METRICS_STREAM,
+    SAMPLES_PARQUET,
+    SAMPLES_STREAM,
     TIMINGS_PARQUET,
     TIMINGS_SCHEMA,
     TIMINGS_STREAM,
     load_metrics,
+    load_samples,
     load_timings,
     write_parquet,
 )
@@ -35,6 +39,8 @@ class RunData:
     timings: pd.DataFrame
     metrics: pd.DataFrame
     warnings: list[str] = field(default_factory=list)
+    #: Resource samples (harness.telemetry); empty for runs without them.
+    samples: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def run_id(self) -> str:
@@ -77,7 +83,8 @@ def check_run_dir(run_dir: Path) -> None:
 
 def _rebuild_parquet(run_dir: Path, warnings: list[str]) -> None:
     """Write the Parquet files an interrupted run never wrote, from its streams."""
-    pairs = ((TIMINGS_PARQUET, TIMINGS_STREAM), (METRICS_PARQUET, METRICS_STREAM))
+    pairs = ((TIMINGS_PARQUET, TIMINGS_STREAM), (METRICS_PARQUET, METRICS_STREAM),
+             (SAMPLES_PARQUET, SAMPLES_STREAM))
     missing = [p for p, s in pairs if not (run_dir / p).exists() and (run_dir / s).exists()]
     # write_parquet rewrites both files: never let a lost stream overwrite a good Parquet file.
     unsafe = [p for p, s in pairs if (run_dir / p).exists() and not (run_dir / s).exists()]
@@ -151,5 +158,6 @@ def load_run(run_dir: Path, *, rebuild_parquet: bool) -> RunData:
         info=info,
         timings=tidy_timings(timings),
         metrics=tidy_metrics(load_metrics(run_dir)),
+        samples=tidy_samples(load_samples(run_dir)),
         warnings=warnings,
     )

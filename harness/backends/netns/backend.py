@@ -29,6 +29,8 @@ from harness.identity import GuestSpec
 from harness.image.cache import Image
 from harness.plumbing import host, nft, tc
 from harness.state import Resource, RunState, proc_start_time, teardown
+from harness.telemetry.links import link_samples
+from harness.telemetry.sample import Sample
 
 
 class NetnsBackend(Backend):
@@ -220,6 +222,28 @@ class NetnsBackend(Backend):
                 values["memory_bytes"] = (float(mem), "B")
             result[g.name] = values
         return result
+
+    def sample(self, guests: Sequence[Guest], *, slow: bool = False) -> list[Sample]:
+        """Each guest's cgroup (CPU, memory, processes) and the host end of its veth, whose
+        receive side is what the guest sent."""
+        run, out = self.run, []
+        cgroups = run.cgroups
+        for g in guests:
+            name = g.name
+            cpu, mem, procs = (cgroups.cpu_seconds(name), cgroups.memory_bytes(name),
+                               cgroups.processes(name))
+            if cpu is not None:
+                out.append(Sample(name, "cpu_seconds", cpu, "s", "counter"))
+            if mem is not None:
+                out.append(Sample(name, "memory_bytes", float(mem), "B"))
+            if procs is not None:
+                out.append(Sample(name, "processes", float(procs), ""))
+            out += link_samples(name, run.veth_name(g.spec))
+        if slow:
+            for name, values in self.footprint(guests).items():
+                if "upper_bytes" in values:
+                    out.append(Sample(name, "upper_bytes", values["upper_bytes"][0], "B"))
+        return out
 
     # -- faults ----------------------------------------------------------------------------
 

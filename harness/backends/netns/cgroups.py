@@ -9,7 +9,8 @@ from pathlib import Path
 from harness.plumbing.units import parse_size
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-V1_CONTROLLERS = ("memory", "cpu", "pids", "freezer")
+#: cpuacct counts each guest's CPU time (v2's cpu.stat does it in the one directory).
+V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "freezer")
 
 
 class Cgroups:
@@ -76,6 +77,25 @@ class Cgroups:
         )
         try:
             return int(f.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def cpu_seconds(self, guest: str) -> float | None:
+        """CPU time the guest's processes have used (user + system), or None if unknown."""
+        try:
+            if self.v2:
+                stat = (CGROUP_ROOT / self.base / guest / "cpu.stat").read_text()
+                usec = dict(line.split() for line in stat.splitlines())["usage_usec"]
+                return int(usec) / 1e6
+            ns = (CGROUP_ROOT / "cpuacct" / self.base / guest / "cpuacct.usage").read_text()
+            return int(ns) / 1e9
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def processes(self, guest: str) -> int | None:
+        d = CGROUP_ROOT / self.base / guest if self.v2 else CGROUP_ROOT / "pids" / self.base / guest
+        try:
+            return int((d / "pids.current").read_text())
         except (OSError, ValueError):
             return None
 

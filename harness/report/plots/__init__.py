@@ -10,6 +10,7 @@ when huge and the figure says so.
 - ``scaling``: latency/throughput/efficiency against N, and the latency distribution per N
 - ``timeline``: every operation's latency at the time it began
 - ``metrics``: agents' metrics over time
+- ``resources``: what the host and the guests spent over the run
 
 The figure functions are re-exported here, so ``plots.<name>`` reads as one module to callers.
 """
@@ -26,6 +27,7 @@ from harness.report.plots.metrics import (
     metrics_figure,
     time_series_metrics,
 )
+from harness.report.plots.resources import guests_figure, host_figure
 from harness.report.plots.scaling import CDF_POINTS, distribution_figure, scaling_figure
 from harness.report.plots.timeline import MAX_SCATTER, MIN_FAILURE_POINTS, latency_over_time
 
@@ -42,6 +44,8 @@ __all__ = [
     "MIN_SERIES_SAMPLES",
     "bringup_gantt",
     "distribution_figure",
+    "guests_figure",
+    "host_figure",
     "latency_over_time",
     "latency_unit",
     "metrics_figure",
