@@ -12,6 +12,7 @@ import pytest
 
 from harness.store import (
     METRICS_SCHEMA,
+    SAMPLES_SCHEMA,
     TIMINGS_SCHEMA,
     TIMINGS_STREAM,
     Context,
@@ -31,7 +32,7 @@ def test_rows_reach_disk_and_parquet(tmp_path: Path) -> None:
     rec.metric("latency", 0.5, unit="s", guest="g000")
     # Visible on disk before the store is closed.
     assert len((tmp_path / TIMINGS_STREAM).read_text().splitlines()) == 2
-    timings, metrics = store.finish()
+    timings, metrics, samples = store.finish()
     t = pq.read_table(timings)
     assert t.schema.equals(TIMINGS_SCHEMA)
     df = t.to_pandas()
@@ -42,6 +43,7 @@ def test_rows_reach_disk_and_parquet(tmp_path: Path) -> None:
     assert str(df["start"].dt.tz) == "UTC"
     m = pq.read_table(metrics)
     assert m.schema.equals(METRICS_SCHEMA) and m.num_rows == 1
+    assert pq.read_table(samples).schema.equals(SAMPLES_SCHEMA)  # none sampled: empty, typed
     assert rec.timings().shape[0] == 2
 
 
