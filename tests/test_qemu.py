@@ -33,7 +33,7 @@ from harness.lab import Lab
 from harness.report import render_report
 from harness.session import Session
 from harness.state import STATE_ROOT, list_states, process_alive
-from harness.workloads import roundtrip
+from harness.workloads import REMOTE_DIR, Agents, roundtrip
 
 pytestmark = pytest.mark.vm
 N = 2
@@ -154,6 +154,38 @@ def test_bringup_phases_recorded(lab: Lab) -> None:
         assert {"created", "started", "booted", "tcp", "auth"} <= ops, ops
         console = (lab.run_dir / "guests" / f"{g.name}.console.log").read_text(errors="replace")
         assert "scalelab-init: userspace" in console
+
+
+def test_telemetry_sees_a_vm_burn_cpu_and_send(session: Session, lab: Lab) -> None:
+    """The QEMU process's CPU and the tap's counters, as the sampler reads them (TCG)."""
+    from harness.store import SAMPLES_SCHEMA, SAMPLES_STREAM, read_stream
+
+    burner, other = lab.guests[0], lab.guests[1]
+    t0 = time.time_ns()
+    run_ok(lab, burner.name, "timeout 4 sh -c 'while :; do :; done' || true")
+    # 8 MiB from one VM to the other across the lab bridge (its tap, then the other's).
+    agents = Agents(lab.require_fleet(), session.recorder("qemu-transfer", N))
+    agents.deploy_builtin("transfer")
+    agent = f"{REMOTE_DIR}/transfer.py"
+    with agents:
+        assert agents.serve("tsrv", ["python3", agent, "serve", "5998"], names=[other.name]).ok
+        run_ok(lab, burner.name, f"python3 {agent} send {other.spec.address} 5998 {8 << 20}")
+    time.sleep(2.5)  # a sample after it all (the interval is the default, 1 s)
+    t1 = time.time_ns()
+    df = read_stream(session.run_dir / SAMPLES_STREAM, SAMPLES_SCHEMA).to_pandas()
+    t = df["t"].astype("int64")
+
+    def growth(guest: str, resource: str) -> float:
+        rows = df[(df["guest"] == guest) & (df["resource"] == resource)].sort_values("t")
+        rt = rows["t"].astype("int64")
+        before, until = rows[rt < t0], rows[rt <= t1]
+        assert len(before) and len(until) > len(before), (guest, resource)
+        return float(until["value"].iloc[-1] - before["value"].iloc[-1])
+
+    assert growth(burner.name, "cpu_seconds") > 2.0  # 4 s of a busy guest: about a core
+    assert growth(burner.name, "net_tx_bytes") >= 8 << 20
+    assert growth(other.name, "net_rx_bytes") >= 8 << 20
+    assert (df[(t >= t0) & (t <= t1)]["guest"] == other.name).any()
 
 
 def test_pause_and_resume(lab: Lab) -> None:

@@ -34,6 +34,9 @@ from harness.image.cache import Image
 from harness.image.vm import vm_info
 from harness.plumbing import host, links, nft
 from harness.state import Resource, proc_start_time, teardown
+from harness.telemetry.hostside import process_cpu_seconds
+from harness.telemetry.links import link_samples
+from harness.telemetry.sample import Sample
 
 #: How long ``down`` waits for QEMUs told to quit over QMP before the journal SIGKILLs them.
 QUIT_GRACE_SECONDS = 3.0
@@ -273,6 +276,28 @@ class QemuBackend(Backend):
         if vm is None or self.opts.upper != "disk":
             return None  # a tmpfs upper layer lives in the guest's RAM
         return ext4_used_bytes(vm.disk)
+
+    def sample(self, guests: Sequence[Guest], *, slow: bool = False) -> list[Sample]:
+        """Per guest: its QEMU process's CPU time and resident memory (what the VM costs the
+        host, TCG's translation included), its threads, and its tap's counters (net=tap)."""
+        out: list[Sample] = []
+        for g in guests:
+            vm = self._vms.get(g.name)
+            if vm is None or vm.proc.poll() is not None:
+                continue  # gone: its last samples stay, none come after
+            try:
+                out.append(Sample(g.name, "cpu_seconds", process_cpu_seconds(vm.proc.pid), "s",
+                                  "counter"))
+            except (OSError, ValueError):
+                continue
+            mem = rss_bytes(vm.proc.pid)
+            if mem is not None:
+                out.append(Sample(g.name, "memory_bytes", float(mem), "B"))
+            if vm.tap:
+                out += link_samples(g.name, vm.tap)
+            if slow and (used := self.upper_bytes(g)) is not None:
+                out.append(Sample(g.name, "upper_bytes", float(used), "B"))
+        return out
 
     def footprint(self, guests: Sequence[Guest]) -> dict[str, dict[str, tuple[float, str]]]:
         """Per guest: the QEMU process's resident memory, the used blocks of its writable
