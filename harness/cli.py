@@ -56,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("ls", help="runs known on this host, each with its labs")
 
+    top = sub.add_parser("top", help="latest resources of every guest of a kept run, busiest first")
+    top.add_argument("run", nargs="?", help="run id or directory (default: the newest kept)")
+    top.add_argument("--interval", type=float, default=1.0,
+                     help="seconds between the two samples the rates come from (default 1)")
+
     rep = sub.add_parser("report", help="(re)render a run's report")
     rep.add_argument("run_dir")
     rep.add_argument("--tz", help="time zone to draw in (default: the run's)")
@@ -242,6 +247,19 @@ def _ls(args: argparse.Namespace) -> int:
     return 0
 
 
+def _top(args: argparse.Namespace) -> int:
+    from harness.runs import find_run, newest_kept_run
+    from harness.top import top_lines
+
+    if args.interval <= 0:
+        raise UserError(f"--interval {args.interval}: must be above 0")
+    run = find_run(args.run) if args.run else newest_kept_run()
+    if run is None:
+        raise UserError("no run is kept up here (see `scalelab ls`)")
+    print("\n".join(top_lines(run, args.interval)))
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from harness.report import render_report
 
@@ -282,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _sigterm)
     handlers = {
         "image": _image_command, "up": _up, "down": _down, "clean": _clean, "ls": _ls,
-        "report": _report, "compare": _compare, "fault": _fault,
+        "report": _report, "compare": _compare, "fault": _fault, "top": _top,
     }
     try:
         return handlers[args.command](args)

@@ -4,6 +4,7 @@ lab, and `scalelab ls/down/clean` acting on a whole run (netns, real sshd and Op
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -78,6 +79,20 @@ def test_ls_and_down_act_on_the_whole_run(two_labs: tuple[Session, Lab, Lab]) ->
     # Kept (what --keep-guests and `scalelab up` do), one `down` takes both labs.
     main.keep()
     extra.keep()
+    # `top` on the kept run: every guest of both labs, a busy one first.
+    busy = subprocess.Popen(["ssh", "-F", str(s.run_dir / "ssh_config"), "-o", "BatchMode=yes",
+                             "extra-g001", "timeout 8 sh -c 'while :; do :; done'"])
+    try:
+        time.sleep(1)
+        top = scalelab("top", s.run_id, "--interval", "2")
+    finally:
+        busy.wait(timeout=30)
+    assert top.returncode == 0, top.stderr
+    lines = top.stdout.splitlines()
+    assert lines[0].split()[:3] == ["GUEST", "LAB", "CPU"]
+    assert sorted(ln.split()[0] for ln in lines[1:]) == [
+        "extra-g000", "extra-g001", "g000", "g001"]
+    assert lines[1].split()[:2] == ["extra-g001", "extra"] and float(lines[1].split()[2]) > 0.5
     down = scalelab("down")
     assert down.returncode == 0, down.stderr
     assert s.run_id in down.stdout and "default" in down.stdout and "extra" in down.stdout
