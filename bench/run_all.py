@@ -51,6 +51,8 @@ BENCHES = (
     Bench("report", "bench_report.py", (), ("--repeat", "1"),
           "Report rendering: 1,000,000 timing rows"),
     Bench("dom0", "bench_dom0_connect.py", (), ("--timeouts", "1,2", "--repeat", "3")),
+    Bench("sampler", "bench_sampler.py", ("--guests", "64,256,1024"),
+          ("--guests", "64,256", "--repeat", "2")),
 )
 
 

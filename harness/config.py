@@ -133,6 +133,8 @@ OPTIONS: list[Option] = [
     Option("cluster", "Dask scheduler (tcp://host:8786) or local:K to spread the lab"),
     Option("sample_interval", "seconds between resource samples of guests and host (0: off)",
            1.0, _positive_float("sample-interval", zero_ok=True)),
+    Option("live_report", "re-render the report every SECONDS while the run goes on (0: off)",
+           0.0, _positive_float("live-report", zero_ok=True)),
 ]
 
 
@@ -153,6 +155,7 @@ class LabConfig:
     ready_timeout: float = 300.0
     cluster: str | None = None
     sample_interval: float = 1.0
+    live_report: float = 0.0
     project_dir: Path = field(default_factory=Path.cwd)
     #: ``backend`` parsed, and the image recipe loaded, once, when the config is made: the
     #: layers below read these and never parse the text again.

@@ -15,6 +15,7 @@ from harness.config import LabConfig
 from harness.image.cache import Image
 from harness.inventory import InventoryLab, write_inventory
 from harness.lab import DEFAULT_LAB, Lab, ProgressFn
+from harness.report.live import LiveReport
 from harness.runinfo import (
     base_info,
     make_run_dir,
@@ -55,6 +56,10 @@ class Session:
         if config.sample_interval > 0:
             self.sampler = Sampler(self.store, lambda: list(self.labs), config.sample_interval)
             self.sampler.start()
+        self.live: LiveReport | None = None
+        if config.live_report > 0:
+            self.live = LiveReport(self.run_dir, config.live_report, config.report_tz)
+            self.live.start()
 
     def warn_leftovers(self, print_fn: Callable[[str], None]) -> None:
         dead = [s for s in list_states() if not s.owner_alive and not s.kept]
@@ -130,6 +135,10 @@ class Session:
         ``tests`` are the outcomes of the run's tests (a skip or failure with its reason),
         kept in run.json for the report."""
         problems: list[str] = []
+        if self.live is not None:
+            self.live.stop()  # the final report comes after the run's last rows
+            self.info["live_report"] = {"every_s": self.live.every, "renders": self.live.renders,
+                                        "last_error": self.live.last_error or None}
         if self.sampler is not None:
             self.sampler.stop()  # its last round comes before the labs go down
             self.info["sampler"] = {"rounds": self.sampler.rounds,

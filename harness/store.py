@@ -22,7 +22,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,6 +114,16 @@ class _AppendFile:
             while view:
                 view = view[os.write(self._fd, view) :]
 
+    def write_text(self, lines: str) -> None:
+        """Many complete lines in one ``write(2)`` (a sampling round: thousands of rows)."""
+        data = lines.encode()
+        with self._lock:
+            if self._fd < 0:
+                raise ValueError(f"store {self.path} is closed")
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+
     def close(self) -> None:
         with self._lock:
             if self._fd >= 0:
@@ -159,10 +169,10 @@ class Store:
     def add_metric(self, row: Mapping[str, Any]) -> None:
         self._metrics.write_row(row)
 
-    def add_samples(self, rows: Iterable[Mapping[str, Any]]) -> None:
-        """One sampling round's rows, each its own line (a kill keeps every whole one)."""
-        for row in rows:
-            self._samples.write_row(row)
+    def add_sample_lines(self, lines: str) -> None:
+        """One sampling round's rows (JSON lines, made by the sampler), written at once; a
+        kill mid-write leaves at most a torn last line, which reading drops."""
+        self._samples.write_text(lines)
 
     def close(self) -> None:
         self._timings.close()

@@ -235,3 +235,48 @@ def test_signal_during_scenario_takes_guests_down(image: Image, tmp_path: Path,
     assert proc.returncode != 0
     assert before.diff(snapshot()) == {}, out
     assert (tmp_path / "r" / "latest" / "timings.parquet").is_file()
+
+
+WATCHED = """
+import time
+
+def test_long_experiment(fleet):
+    assert fleet.run("true").ok
+    time.sleep(8)
+    assert fleet.run("true").ok
+"""
+
+
+def test_live_report_is_rendered_while_the_run_goes_on(image: Image, tmp_path: Path) -> None:
+    """--live-report: index.html appears and is replaced during the run, saying it is live;
+    the final page, after the run, no longer does."""
+    before = snapshot()
+    scen = tmp_path / "scen"
+    scen.mkdir()
+    (scen / "test_watched.py").write_text(WATCHED)
+    reports = tmp_path / "r"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", str(scen), "--guests=2", "--live-report=1",
+         "--sample-interval=0.5", f"--reports-dir={reports}", "-p", "no:cacheprovider", "-q",
+         f"--rootdir={PROJECT}"],
+        cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    seen: set[int] = set()
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        page = reports / "latest" / "index.html"
+        if page.exists():
+            text = page.read_text()
+            assert "</html>" in text  # replaced whole, never half written
+            if "the run is still going" in text:
+                seen.add(page.stat().st_ino)
+        time.sleep(0.3)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    assert len(seen) >= 2  # rendered more than once while running (a new file each time)
+    run = (reports / "latest").resolve()
+    final = (run / "index.html").read_text()
+    assert "the run is still going" not in final and "Resources" in final
+    info = json.loads((run / "run.json").read_text())
+    assert info["live_report"]["renders"] >= 2 and info["live_report"]["last_error"] is None
+    assert before.diff(snapshot()) == {}

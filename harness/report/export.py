@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,10 @@ def save_figure(fig: Figure, out_dir: Path, name: str, title: str, caption: str 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=PNG_DPI)
     png = buf.getvalue()
-    (plots / f"{name}.png").write_bytes(png)
+    # Replaced, not rewritten: a live report's reader never sees half a file.
+    tmp = plots / f".{name}.png.tmp"
+    tmp.write_bytes(png)
+    os.replace(tmp, plots / f"{name}.png")
     # The PNG pass placed everything; keep that layout instead of solving it again for the SVG.
     fig.set_layout_engine("none")
     # No date in the metadata: re-rendering the same run gives the same SVG bytes.

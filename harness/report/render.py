@@ -210,7 +210,11 @@ def _sample_interval(info: dict[str, Any]) -> str:
     return f"{value:g} s" if isinstance(value, int | float) else "interval"
 
 
-def render_report(run_dir: Path, tz: str | None = None, out_dir: Path | None = None) -> Path:
+LIVE_NOTE = "live: the run is still going; this page is re-rendered every {every} until it ends"
+
+
+def render_report(run_dir: Path, tz: str | None = None, out_dir: Path | None = None, *,
+                  live_every: float | None = None) -> Path:
     """Render ``run_dir`` into ``out_dir`` (default: the run directory); return index.html.
 
     ``tz`` names the zone every time is shown in; without it the zone recorded in run.json is
@@ -220,8 +224,11 @@ def render_report(run_dir: Path, tz: str | None = None, out_dir: Path | None = N
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir
     in_place = out.resolve() == run_dir.resolve()
-    data = load_run(run_dir, rebuild_parquet=in_place)
-    if not in_place and not (run_dir / TIMINGS_PARQUET).exists():
+    # While the run goes on its streams are the truth: no Parquet file is written from them.
+    data = load_run(run_dir, rebuild_parquet=in_place and live_every is None)
+    if live_every is not None:
+        data.warnings.insert(0, LIVE_NOTE.format(every=f"{live_every:g} s"))
+    if live_every is None and not in_place and not (run_dir / TIMINGS_PARQUET).exists():
         data.warnings.append("the run did not end cleanly: read from its append-only streams")
     zone = zone_for_run(tz, data.info, data.warnings)
     out.mkdir(parents=True, exist_ok=True)

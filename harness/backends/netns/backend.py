@@ -29,7 +29,7 @@ from harness.identity import GuestSpec
 from harness.image.cache import Image
 from harness.plumbing import host, nft, tc
 from harness.state import Resource, RunState, proc_start_time, teardown
-from harness.telemetry.links import link_samples
+from harness.telemetry.links import link_samples, read_net_dev
 from harness.telemetry.sample import Sample
 
 
@@ -227,7 +227,7 @@ class NetnsBackend(Backend):
         """Each guest's cgroup (CPU, memory, processes) and the host end of its veth, whose
         receive side is what the guest sent."""
         run, out = self.run, []
-        cgroups = run.cgroups
+        cgroups, links = run.cgroups, read_net_dev()
         for g in guests:
             name = g.name
             cpu, mem, procs = (cgroups.cpu_seconds(name), cgroups.memory_bytes(name),
@@ -238,7 +238,7 @@ class NetnsBackend(Backend):
                 out.append(Sample(name, "memory_bytes", float(mem), "B"))
             if procs is not None:
                 out.append(Sample(name, "processes", float(procs), ""))
-            out += link_samples(name, run.veth_name(g.spec))
+            out += link_samples(name, run.veth_name(g.spec), links)
         if slow:
             for name, values in self.footprint(guests).items():
                 if "upper_bytes" in values:

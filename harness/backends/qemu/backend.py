@@ -35,7 +35,7 @@ from harness.image.vm import vm_info
 from harness.plumbing import host, links, nft
 from harness.state import Resource, proc_start_time, teardown
 from harness.telemetry.hostside import process_cpu_seconds
-from harness.telemetry.links import link_samples
+from harness.telemetry.links import link_samples, read_net_dev
 from harness.telemetry.sample import Sample
 
 #: How long ``down`` waits for QEMUs told to quit over QMP before the journal SIGKILLs them.
@@ -281,6 +281,7 @@ class QemuBackend(Backend):
         """Per guest: its QEMU process's CPU time and resident memory (what the VM costs the
         host, TCG's translation included), its threads, and its tap's counters (net=tap)."""
         out: list[Sample] = []
+        links = read_net_dev() if self.net == "tap" else {}
         for g in guests:
             vm = self._vms.get(g.name)
             if vm is None or vm.proc.poll() is not None:
@@ -294,7 +295,7 @@ class QemuBackend(Backend):
             if mem is not None:
                 out.append(Sample(g.name, "memory_bytes", float(mem), "B"))
             if vm.tap:
-                out += link_samples(g.name, vm.tap)
+                out += link_samples(g.name, vm.tap, links)
             if slow and (used := self.upper_bytes(g)) is not None:
                 out.append(Sample(g.name, "upper_bytes", float(used), "B"))
         return out
