@@ -213,6 +213,26 @@ def _sample_interval(info: dict[str, Any]) -> str:
 LIVE_NOTE = "live: the run is still going; this page is re-rendered every {every} until it ends"
 
 
+def _load(run_dir: Path, out: Path, live_every: float | None) -> RunData:
+    """The run; while it goes on (``live_every``) its streams are the truth and no Parquet
+    file is written from them."""
+    in_place = out.resolve() == run_dir.resolve()
+    data = load_run(run_dir, rebuild_parquet=in_place and live_every is None)
+    if live_every is not None:
+        data.warnings.insert(0, LIVE_NOTE.format(every=f"{live_every:g} s"))
+    if live_every is None and not in_place and not (run_dir / TIMINGS_PARQUET).exists():
+        data.warnings.append("the run did not end cleanly: read from its append-only streams")
+    return data
+
+
+def _metrics_plot(data: RunData, series: list[str], tc: TimeContext,
+                  out: Path) -> PlotFile | None:
+    if not series:
+        return None
+    fig = plots.metrics_figure(data.metrics, tc.zone, tc.faults, tc.lost, series)
+    return save_figure(fig, out, "metrics", "agent metrics over time", CAPTION_METRICS)
+
+
 def render_report(run_dir: Path, tz: str | None = None, out_dir: Path | None = None, *,
                   live_every: float | None = None) -> Path:
     """Render ``run_dir`` into ``out_dir`` (default: the run directory); return index.html.
@@ -223,13 +243,7 @@ def render_report(run_dir: Path, tz: str | None = None, out_dir: Path | None = N
     """
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir
-    in_place = out.resolve() == run_dir.resolve()
-    # While the run goes on its streams are the truth: no Parquet file is written from them.
-    data = load_run(run_dir, rebuild_parquet=in_place and live_every is None)
-    if live_every is not None:
-        data.warnings.insert(0, LIVE_NOTE.format(every=f"{live_every:g} s"))
-    if live_every is None and not in_place and not (run_dir / TIMINGS_PARQUET).exists():
-        data.warnings.append("the run did not end cleanly: read from its append-only streams")
+    data = _load(run_dir, out, live_every)
     zone = zone_for_run(tz, data.info, data.warnings)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -239,11 +253,8 @@ def render_report(run_dir: Path, tz: str | None = None, out_dir: Path | None = N
     knee_list = knees(stats)
     sections = _scenario_sections(data, stats, knee_list, tc, out)
     gantts, gantts_skipped = _bringup_plots(t, tc, out)
-    metrics_plot = None
     series = plots.time_series_metrics(data.metrics)
-    if series:
-        fig = plots.metrics_figure(data.metrics, zone, tc.faults, tc.lost, series)
-        metrics_plot = save_figure(fig, out, "metrics", "agent metrics over time", CAPTION_METRICS)
+    metrics_plot = _metrics_plot(data, series, tc, out)
     resources = _resources(data, tc, out)
     written = [p for s in sections for p in s.plots] + gantts
     written += resources.plots if resources else []
