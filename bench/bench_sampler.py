@@ -56,6 +56,10 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     rows, met = [], True
+    # The heading (with the load average) is taken before the labs come up, not after.
+    head = header("Resource sampling: the sampler's CPU per round", args.repeat,
+                  f"{args.rounds} rounds per repetition; slow rounds (du) every "
+                  f"{sampler_mod.SLOW_EVERY}")
     with tempfile.TemporaryDirectory(prefix="bench-sampler-") as tmp:
         for n in (int(x) for x in args.guests.split(",")):
             fast: list[float] = []
@@ -71,9 +75,7 @@ def main() -> int:
                 met = share <= GOAL_SHARE
             rows.append((n, fmt(per_round * 1e3, 2, " ms"), fmt(median(slow) * 1e3, 1, " ms"),
                          fmt(share * 100, 2, " %"), fmt(per_round / n * 1e6, 1, " µs")))
-    print(header("Resource sampling: the sampler's CPU per round", args.repeat,
-                 f"{args.rounds} rounds per repetition; slow rounds (du) every "
-                 f"{sampler_mod.SLOW_EVERY}"))
+    print(head)
     print(md_table(["guests", "CPU per round", "CPU per slow round", "of one core at 1 s",
                     "per guest"], rows))
     print(f"Goal: at most {GOAL_SHARE:.0%} of one core at {GOAL_N} guests at 1 s: "
