@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from helpers.labs import lab_session, run_ok
+from helpers.samples import growth, samples_of
 from leaks import PROJECT, Snapshot, snapshot
 
 from harness.backends import load_backend, parse_backend
@@ -158,8 +159,6 @@ def test_bringup_phases_recorded(lab: Lab) -> None:
 
 def test_telemetry_sees_a_vm_burn_cpu_and_send(session: Session, lab: Lab) -> None:
     """The QEMU process's CPU and the tap's counters, as the sampler reads them (TCG)."""
-    from harness.store import SAMPLES_SCHEMA, SAMPLES_STREAM, read_stream
-
     burner, other = lab.guests[0], lab.guests[1]
     t0 = time.time_ns()
     run_ok(lab, burner.name, "timeout 4 sh -c 'while :; do :; done' || true")
@@ -172,19 +171,11 @@ def test_telemetry_sees_a_vm_burn_cpu_and_send(session: Session, lab: Lab) -> No
         run_ok(lab, burner.name, f"python3 {agent} send {other.spec.address} 5998 {8 << 20}")
     time.sleep(2.5)  # a sample after it all (the interval is the default, 1 s)
     t1 = time.time_ns()
-    df = read_stream(session.run_dir / SAMPLES_STREAM, SAMPLES_SCHEMA).to_pandas()
+    df = samples_of(session.run_dir)
     t = df["t"].astype("int64")
-
-    def growth(guest: str, resource: str) -> float:
-        rows = df[(df["guest"] == guest) & (df["resource"] == resource)].sort_values("t")
-        rt = rows["t"].astype("int64")
-        before, until = rows[rt < t0], rows[rt <= t1]
-        assert len(before) and len(until) > len(before), (guest, resource)
-        return float(until["value"].iloc[-1] - before["value"].iloc[-1])
-
-    assert growth(burner.name, "cpu_seconds") > 2.0  # 4 s of a busy guest: about a core
-    assert growth(burner.name, "net_tx_bytes") >= 8 << 20
-    assert growth(other.name, "net_rx_bytes") >= 8 << 20
+    assert growth(df, burner.name, "cpu_seconds", t0, t1) > 2.0  # 4 s busy: about a core
+    assert growth(df, burner.name, "net_tx_bytes", t0, t1) >= 8 << 20
+    assert growth(df, other.name, "net_rx_bytes", t0, t1) >= 8 << 20
     assert (df[(t >= t0) & (t <= t1)]["guest"] == other.name).any()
 
 

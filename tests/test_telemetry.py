@@ -16,13 +16,14 @@ import pandas as pd
 import pytest
 from helpers.cli import scalelab
 from helpers.labs import lab_session, run_ok
+from helpers.samples import growth, samples_of
 from leaks import PROJECT, snapshot
 
 from harness.faults import Nemesis
 from harness.image.cache import Image
 from harness.lab import Lab
 from harness.session import Session
-from harness.store import SAMPLES_SCHEMA, SAMPLES_STREAM, load_samples, read_stream
+from harness.store import SAMPLES_STREAM, load_samples
 from harness.workloads import REMOTE_DIR, Agents
 
 pytestmark = pytest.mark.integration
@@ -39,18 +40,7 @@ def lab4(image: Image, tmp_path_factory: pytest.TempPathFactory
 
 
 def samples(s: Session) -> pd.DataFrame:
-    df: pd.DataFrame = read_stream(s.run_dir / SAMPLES_STREAM, SAMPLES_SCHEMA).to_pandas()
-    return df
-
-
-def growth(df: pd.DataFrame, guest: str, resource: str, t0: int, t1: int) -> float:
-    """How much a guest's counter grew from its last sample before ``t0`` to its last one
-    before ``t1`` (what happened in between, however quickly)."""
-    rows = df[(df["guest"] == guest) & (df["resource"] == resource)].sort_values("t")
-    t = rows["t"].astype("int64")
-    before, until = rows[t < t0], rows[t <= t1]
-    assert len(before) and len(until) > len(before), (guest, resource)
-    return float(until["value"].iloc[-1] - before["value"].iloc[-1])
+    return samples_of(s.run_dir)
 
 
 def test_a_cpu_burner_shows_on_its_own_guest(lab4: tuple[Session, Lab]) -> None:
