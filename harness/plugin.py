@@ -48,6 +48,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "quorum(fraction): the share of guests that must succeed")
     config.addinivalue_line("markers", "recipe(path): the image recipe this scenario needs")
+    config.addinivalue_line("markers", "headline(metric): the agent metric that is this "
+                            "scenario's result (the report's summary and knee use it)")
     if _under_xdist(config):
         raise pytest.UsageError(
             "scalelab: do not run scenarios under pytest-xdist (-n): every worker would boot "
@@ -106,8 +108,10 @@ def _test_record(item: pytest.Item, report: pytest.TestReport, outcome: str) -> 
         reason = report.longreprtext.strip().splitlines()[-1][:300] if report.longreprtext else ""
     callspec = getattr(item, "callspec", None)
     n = callspec.params.get("n_guests") if callspec is not None else None
+    headline = item.get_closest_marker("headline")
     return {"test": item.name, "nodeid": item.nodeid, "n_guests": n, "outcome": outcome,
-            "when": report.when, "duration_s": round(report.duration, 3), "reason": reason}
+            "when": report.when, "duration_s": round(report.duration, 3), "reason": reason,
+            "headline": str(headline.args[0]) if headline and headline.args else None}
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
