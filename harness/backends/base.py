@@ -22,6 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import paramiko
 
+from harness.degrade import Shaping
 from harness.identity import GuestSpec
 from harness.image.cache import Image
 from harness.state import RunState
@@ -29,6 +30,8 @@ from harness.telemetry.sample import Sample
 
 #: Called by a backend as each guest passes a phase: (guest name, phase, start_ns, end_ns).
 PhaseHook = Callable[[str, str, int, int], None]
+#: Runs a shell script in a guest over its control connection; its stdout, or a LabError.
+GuestShell = Callable[["Guest", str], str]
 
 
 @dataclass(frozen=True)
@@ -188,6 +191,14 @@ class CanLimitBandwidth(Protocol):
     def unlimit_bandwidth(self, guest: Guest) -> None: ...
 
 
+@runtime_checkable
+class CanDegrade(Protocol):
+    def shape(self, guest: Guest, rules: Sequence[Shaping], shell: GuestShell) -> None:
+        """Make ``rules`` the whole of the network conditions on what ``guest`` sends to
+        other guests (none: restored), never on its control connection; ``shell`` runs
+        commands inside the guest where that is where the shaping lives."""
+
+
 #: Footprint values: guest → metric → (value, unit).
 Footprint = dict[str, dict[str, tuple[float, str]]]
 
@@ -240,6 +251,7 @@ FAULT_CAPABILITIES: dict[str, type] = {
     "isolate": CanIsolate,
     "partition": CanPartition,
     "bandwidth": CanLimitBandwidth,
+    "degrade": CanDegrade,
 }
 
 
