@@ -14,6 +14,7 @@ from typing import NoReturn
 from harness.backends.base import (
     FAULT_CAPABILITIES,
     Backend,
+    CanDegrade,
     CanIsolate,
     CanKill,
     CanLimitBandwidth,
@@ -21,7 +22,10 @@ from harness.backends.base import (
     CanPause,
     FaultNotSupported,
     Guest,
+    GuestShell,
 )
+from harness.degrade import Shaping
+from harness.errors import LabError
 
 
 class FaultAction(StrEnum):
@@ -33,6 +37,8 @@ class FaultAction(StrEnum):
     HEAL = "heal"
     LIMIT = "limit"
     UNLIMIT = "unlimit"
+    DEGRADE = "degrade"
+    RESTORE = "restore"
 
 
 #: The fault kind (``Backend.faults``) each action belongs to.
@@ -40,7 +46,15 @@ KIND = {
     FaultAction.KILL: "kill", FaultAction.PAUSE: "pause", FaultAction.RESUME: "pause",
     FaultAction.ISOLATE: "isolate", FaultAction.PARTITION: "partition",
     FaultAction.LIMIT: "bandwidth", FaultAction.UNLIMIT: "bandwidth",
+    FaultAction.DEGRADE: "degrade", FaultAction.RESTORE: "degrade",
 }
+
+
+def no_shell(guest: Guest, script: str) -> str:
+    """The shell of a caller without connections to the guests (a backend that shapes
+    from the host side never calls it)."""
+    raise LabError(f"{guest.name}: this backend shapes traffic inside the guest, and this "
+                   "caller has no connection to it (use the nemesis in a test)")
 
 def refuse(backend: Backend, kind: str) -> NoReturn:
     raise FaultNotSupported(
@@ -56,9 +70,12 @@ def require(backend: Backend, kind: str) -> None:
 
 
 def inject(backend: Backend, action: FaultAction | str, guests: Sequence[Guest], *,
-           others: Sequence[Guest] = (), rate: str = "") -> None:
+           others: Sequence[Guest] = (), rate: str = "", shaping: Sequence[Shaping] = (),
+           shell: GuestShell = no_shell) -> None:
     """Do ``action`` to ``guests`` (``others``: the far side of a partition; ``rate``: the
-    bandwidth limit). ``heal`` undoes every isolation and partition of the lab."""
+    bandwidth limit; ``shaping``: each guest's whole set of network conditions, run by
+    ``shell`` inside it where needed). ``heal`` undoes every isolation and partition of the
+    lab; ``restore`` the guests' network conditions."""
     action = FaultAction(action)
     if action is FaultAction.HEAL:
         if not (backend.faults & {"isolate", "partition"}
@@ -86,6 +103,12 @@ def inject(backend: Backend, action: FaultAction | str, guests: Sequence[Guest],
     elif action is FaultAction.UNLIMIT and isinstance(backend, CanLimitBandwidth):
         for g in guests:
             backend.unlimit_bandwidth(g)
+    elif action is FaultAction.DEGRADE and isinstance(backend, CanDegrade):
+        for g in guests:
+            backend.shape(g, shaping, shell)
+    elif action is FaultAction.RESTORE and isinstance(backend, CanDegrade):
+        for g in guests:
+            backend.shape(g, (), shell)
     elif action is FaultAction.KILL and isinstance(backend, CanKill):
         for g in guests:
             backend.kill(g)

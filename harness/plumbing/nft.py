@@ -56,3 +56,43 @@ table inet {table} {{
   }}
 }}
 """
+
+
+#: numgen's modulus for a probability: one in a million is as fine as loss ever needs.
+CHANCE_SCALE = 1_000_000
+
+
+def chance(fraction: float) -> str:
+    """An nft expression true for ``fraction`` of packets (``numgen random``, per packet)."""
+    return f"numgen random mod {CHANCE_SCALE} < {round(fraction * CHANCE_SCALE)}"
+
+
+def degrade_ruleset(table: str, device: str,
+                    rules: Sequence[tuple[Sequence[str], float, float]],
+                    ports: dict[str, str]) -> str:
+    """A ruleset (netdev family, ingress of one guest's bridge port ``device``, i.e. what
+    that guest sends) that, per rule ``(destinations, loss, duplicate)``, drops ``loss`` of
+    the IPv4 packets to those destinations and sends a copy of ``duplicate`` of the rest
+    straight out of the destination's own port (``ports``: address → port).  The bridge
+    family has no ``dup``; netdev's ``dup to`` a device does.  Packets to the host (the
+    harness's SSH) match no rule.  Loading it replaces the table whole, atomically."""
+    lines = []
+    for dests, loss, duplicate in rules:
+        addrs = ", ".join(dests)
+        if loss:
+            lines.append(f"ip daddr {{ {addrs} }} {chance(loss)} drop")
+        if duplicate:
+            to = ", ".join(f'{a} : "{ports[a]}"' for a in dests)
+            lines.append(f"ip daddr {{ {addrs} }} {chance(duplicate)} "
+                         f"dup to ip daddr map {{ {to} }}")
+    body = "\n    ".join(lines)
+    return f"""
+table netdev {table}
+delete table netdev {table}
+table netdev {table} {{
+  chain from_guest {{
+    type filter hook ingress device "{device}" priority 0; policy accept;
+    {body}
+  }}
+}}
+"""

@@ -19,10 +19,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.backends.base import Backend, Footprint, Guest, RunContext, now_ns
+from harness.backends.base import Backend, Footprint, Guest, GuestShell, RunContext, now_ns
+from harness.backends.netns import degrade
 from harness.backends.netns.guestinit import GuestDirs, fstab_text, init_script
 from harness.backends.netns.labrun import NetnsRun
 from harness.backends.netns.options import NetnsOptions
+from harness.degrade import Shaping
 from harness.errors import LabError, UserError
 from harness.guestfiles import write_guest_files
 from harness.identity import GuestSpec
@@ -35,7 +37,7 @@ from harness.telemetry.sample import Sample
 
 class NetnsBackend(Backend):
     name = "netns"
-    faults = frozenset({"kill", "pause", "isolate", "partition", "bandwidth"})
+    faults = frozenset({"kill", "pause", "isolate", "partition", "bandwidth", "degrade"})
 
     def __init__(self, options: dict[str, str] | None = None) -> None:
         super().__init__(options)
@@ -299,6 +301,12 @@ class NetnsBackend(Backend):
     def unlimit_bandwidth(self, guest: Guest) -> None:
         tc.clear(self.run.veth_name(guest.spec))
         tc.clear("eth0", netns=self.run.netns_name(guest.spec))
+
+    def shape(self, guest: Guest, rules: Sequence[Shaping], shell: GuestShell) -> None:
+        run, table = self.run, degrade.table_name(self.run.tag, guest.spec.index)
+        degrade.shape(run.netns_name(guest.spec), run.veth_name(guest.spec), table, rules,
+                      {g.spec.address: run.veth_name(g.spec) for g in self.guests},
+                      lambda: self._record("nft", family="netdev", table=table))
 
     # -- a kept lab, from the CLI ------------------------------------------------------------
 

@@ -12,7 +12,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from harness.backends.base import Backend, FaultNotSupported, Guest, RunContext, now_ns
+from harness.backends.base import Backend, FaultNotSupported, Guest, GuestShell, RunContext, now_ns
+from harness.backends.guestnetem import shape_in_guest
 from harness.backends.qemu.accel import choose_accel
 from harness.backends.qemu.argv import QEMU, VmNic, VmPaths, qemu_argv
 from harness.backends.qemu.console import ConsoleWatcher
@@ -27,6 +28,7 @@ from harness.backends.qemu.labrun import QemuRun
 from harness.backends.qemu.options import QemuOptions
 from harness.backends.qemu.qmp import QmpError, qmp
 from harness.backends.qemu.vm import Vm, last_words, qemu_log, start_qemu
+from harness.degrade import Shaping
 from harness.errors import LabError, UserError
 from harness.guestfiles import make_guest_disk
 from harness.identity import GuestSpec, run_tag
@@ -44,7 +46,7 @@ QUIT_GRACE_SECONDS = 3.0
 
 class QemuBackend(Backend):
     name = "qemu"
-    faults = frozenset({"kill", "pause", "isolate", "partition"})
+    faults = frozenset({"kill", "pause", "isolate", "partition", "degrade"})
     needs_vm_image = True
 
     def __init__(self, options: dict[str, str] | None = None) -> None:
@@ -383,3 +385,10 @@ class QemuBackend(Backend):
         if self._partitioned:
             nft.delete_table("bridge", f"slp-{self.run.tag}")
             self._partitioned = False
+
+    def shape(self, guest: Guest, rules: Sequence[Shaping], shell: GuestShell) -> None:
+        """netem inside the VM, behind a band for the control connection (``guestnetem``)."""
+        if self.net != "tap":
+            raise FaultNotSupported("qemu: degrading needs net=tap (user networking has no "
+                                    "network between the guests)")
+        shape_in_guest(guest, rules, shell)

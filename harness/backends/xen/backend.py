@@ -15,7 +15,8 @@ from typing import Any
 
 import paramiko
 
-from harness.backends.base import Backend, Footprint, Guest, Jump, RunContext, now_ns
+from harness.backends.base import Backend, Footprint, Guest, GuestShell, Jump, RunContext, now_ns
+from harness.backends.guestnetem import shape_in_guest
 from harness.backends.xen.bundle import bundle_sources
 from harness.backends.xen.cleanup import (
     ALREADY_REMOVED,
@@ -32,6 +33,7 @@ from harness.backends.xen.options import Target, XenOptions
 from harness.backends.xen.staging import add_bridge_address, ensure_bundle
 from harness.backends.xen.xl import DomainWatch, domain_ids, xl_list
 from harness.backends.xen.xlconfig import DomainConfig, domain_name, render_config
+from harness.degrade import Shaping
 from harness.errors import LabError, UserError
 from harness.guestfiles import make_guest_disk
 from harness.identity import XEN_OUI, GuestSpec
@@ -41,7 +43,7 @@ from harness.state import Resource, teardown
 
 class XenBackend(Backend):
     name = "xen"
-    faults = frozenset({"kill", "pause", "isolate"})
+    faults = frozenset({"kill", "pause", "isolate", "degrade"})
     needs_vm_image = True
     mac_oui = XEN_OUI
 
@@ -381,3 +383,6 @@ class XenBackend(Backend):
                             f"healing {name}")
         self._isolated.clear()
 
+    def shape(self, guest: Guest, rules: Sequence[Shaping], shell: GuestShell) -> None:
+        """netem inside the domU; dom0 (the jump) is the control peer, never delayed."""
+        shape_in_guest(guest, rules, shell)
