@@ -131,6 +131,8 @@ OPTIONS: list[Option] = [
     Option("ready_timeout", "seconds a guest may take to answer SSH", 300.0,
            _positive_float("ready-timeout")),
     Option("cluster", "Dask scheduler (tcp://host:8786) or local:K to spread the lab"),
+    Option("vxlan_port", "UDP port of the VXLAN tunnels joining the lab hosts' bridges "
+           "(--cluster)", 4789, _positive_int("vxlan-port")),
     Option("sample_interval", "seconds between resource samples of guests and host (0: off)",
            1.0, _positive_float("sample-interval", zero_ok=True)),
     Option("live_report", "re-render the report every SECONDS while the run goes on (0: off)",
@@ -154,6 +156,7 @@ class LabConfig:
     subnet: str | None = None
     ready_timeout: float = 300.0
     cluster: str | None = None
+    vxlan_port: int = 4789
     sample_interval: float = 1.0
     live_report: float = 0.0
     project_dir: Path = field(default_factory=Path.cwd)
