@@ -13,7 +13,7 @@ from urllib.parse import quote
 import pandas as pd
 
 from harness.report.rundata import RUN_INFO, RunData
-from harness.report.summary import Knee, success_rate, workload_rows
+from harness.report.summary import success_rate, workload_rows
 from harness.report.templating import fmt_bytes, fmt_duration, fmt_percent
 from harness.report.zones import format_time, offsets_in_span, zone_name
 from harness.store import (
@@ -120,7 +120,7 @@ def environment_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def run_summary(data: RunData, zone: dt.tzinfo, knee_list: list[Knee]) -> list[tuple[str, str]]:
+def run_summary(data: RunData, zone: dt.tzinfo) -> list[tuple[str, str]]:
     """The headline facts: what ran, where, for how long, and how well."""
     t, info = data.timings, data.info
     started = parse_time(info.get("started_utc")) or t["start"].min()
@@ -150,13 +150,6 @@ def run_summary(data: RunData, zone: dt.tzinfo, knee_list: list[Knee]) -> list[t
     outcome = info.get("outcome")
     if isinstance(outcome, dict) and outcome:
         rows.append(("tests", ", ".join(f"{v} {k}" for k, v in outcome.items())))
-    curves = [k for k in knee_list if not k.single_n]
-    for knee in curves:
-        rows.append((f"scaling knee: {knee.title}", knee.text))
-    if knee_list and not curves:
-        rows.append(
-            ("scaling knee", "one N per scenario: sweep N (e.g. --guests=8,16,32) for a curve")
-        )
     return rows
 
 

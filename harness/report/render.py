@@ -12,7 +12,10 @@ import pandas as pd
 from harness.report import plots
 from harness.report.export import PLOTS_DIR, PlotFile, save_figure, slug
 from harness.report.facts import environment_rows, not_passed, raw_files, run_summary
+from harness.report.headline import SWEEP_HINT, Headline, headlines
 from harness.report.resources import ScenarioCost, scenario_costs
+from harness.report.results import guest_values, metric_results
+from harness.report.resultsection import headline_rows, result_sections
 from harness.report.rundata import RunData, load_run
 from harness.report.scenarios import base_scenario
 from harness.report.summary import (
@@ -45,6 +48,10 @@ CAPTION_DISTRIBUTION = (
 CAPTION_TIMELINE = (
     "Each point is one operation at the time it began; shaded bands are fault windows, "
     "dashed lines lost guests."
+)
+CAPTION_SEGMENTS = (
+    "The operations of each N began together: one row per guest, a segment from start to end "
+    "(where a row ends is when that guest finished); shaded bands are fault windows."
 )
 CAPTION_GANTT = (
     "One row per guest, one colour per step from creation to the first command answered over SSH."
@@ -110,17 +117,19 @@ def _scenario_sections(
                 CAPTION_DISTRIBUTION,
             )
         )
-        section.plots.append(
-            save_figure(
-                plots.latency_over_time(rows, tc.zone, tc.faults, tc.lost, title),
-                out,
-                f"{name}-timeline",
-                "latency over time",
-                CAPTION_TIMELINE,
-            )
-        )
+        section.plots.append(_timeline(rows, tc, title, name, out))
         sections.append(section)
     return sections
+
+
+def _timeline(rows: pd.DataFrame, tc: TimeContext, title: str, name: str, out: Path) -> PlotFile:
+    """Operations that start together as segments (one row per guest), else a dot per op."""
+    if plots.starts_together(rows):
+        fig = plots.operations_figure(rows, tc.zone, tc.faults, tc.lost, title)
+        return save_figure(fig, out, f"{name}-timeline", "operations from start to end",
+                           CAPTION_SEGMENTS)
+    fig = plots.latency_over_time(rows, tc.zone, tc.faults, tc.lost, title)
+    return save_figure(fig, out, f"{name}-timeline", "latency over time", CAPTION_TIMELINE)
 
 
 def _bringup_plots(timings: pd.DataFrame, tc: TimeContext, out: Path) -> tuple[list[PlotFile], int]:
@@ -233,6 +242,14 @@ def _metrics_plot(data: RunData, series: list[str], tc: TimeContext,
     return save_figure(fig, out, "metrics", "agent metrics over time", CAPTION_METRICS)
 
 
+def _headline_table(heads: list[Headline]) -> dict[str, Any]:
+    ns, rows = headline_rows(heads)
+    single = len(ns) == 1
+    note = (f"One N only (N={ns[0]}): every number below is for that N; {SWEEP_HINT}."
+            if single else "")
+    return {"ns": ns, "rows": rows, "note": note}
+
+
 def render_report(run_dir: Path, tz: str | None = None, out_dir: Path | None = None, *,
                   live_every: float | None = None) -> Path:
     """Render ``run_dir`` into ``out_dir`` (default: the run directory); return index.html.
@@ -252,11 +269,15 @@ def render_report(run_dir: Path, tz: str | None = None, out_dir: Path | None = N
     stats = series_stats(t)
     knee_list = knees(stats)
     sections = _scenario_sections(data, stats, knee_list, tc, out)
+    results = metric_results(data.metrics)
+    heads = headlines(data.info, results, stats, t, data.samples)
+    results_sections = result_sections(results, guest_values(data.metrics), heads, out)
     gantts, gantts_skipped = _bringup_plots(t, tc, out)
     series = plots.time_series_metrics(data.metrics)
     metrics_plot = _metrics_plot(data, series, tc, out)
     resources = _resources(data, tc, out)
     written = [p for s in sections for p in s.plots] + gantts
+    written += [p for r in results_sections for p in r.plots]
     written += resources.plots if resources else []
     _drop_stale_plots(out, [*written, metrics_plot] if metrics_plot else written)
 
@@ -269,7 +290,9 @@ def render_report(run_dir: Path, tz: str | None = None, out_dir: Path | None = N
         zone_offsets=" → ".join(offsets_in_span(zone, t["start"].min(), t["end"].max())),
         generated=dt.datetime.now(dt.UTC),
         warnings=data.warnings,
-        summary=run_summary(data, zone, knee_list),
+        summary=run_summary(data, zone),
+        headlines=_headline_table(heads),
+        results=results_sections,
         sections=sections,
         bringup=_records(bringup_stats(t)),
         tests=not_passed(data.info),

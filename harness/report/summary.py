@@ -121,7 +121,9 @@ def knees(stats: pd.DataFrame, growth: float = KNEE_GROWTH) -> list[Knee]:
         thr = [float(t) for t in g["throughput"]]
         pct = f"{growth:.0%}"
         if len(ns) < 2:
-            out.append(Knee(str(title), None, f"one N only ({ns[0]}): no scaling curve", True))
+            out.append(Knee(str(title), None, f"N={ns[0]} only: {thr[0]:,.1f} ops/s, "
+                            "the numbers below are for that N; sweep N (e.g. --guests=8,16,32) "
+                            "for a scaling curve", True))
             continue
         n = find_knee(ns, thr, growth)
         if n is None:

@@ -3,9 +3,11 @@
 A report draws, per workload series (scenario without its ``n=`` id, and operation), a
 distribution and a timeline, plus a scaling curve when the series was run at two N or more;
 a bring-up timeline per (scenario, N), at most ``MAX_GANTTS`` of them (then only each
-scenario's largest N); and one metrics figure when some guest sampled a metric often enough to
-make a series.  Tests compare the report's figures with this set, so that a plot that goes
-missing, or one drawn for nothing, fails — whatever the number of plots happens to be.
+scenario's largest N); one metrics figure when some guest sampled a metric often enough to
+make a series; and per scenario one results figure per agent metric (against N, or its spread
+over guests at a single N), at most ``MAX_METRIC_PLOTS``.  Tests compare the report's figures
+with this set, so that a plot that goes missing, or one drawn for nothing, fails — whatever the
+number of plots happens to be.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pandas as pd
 from harness.report.export import slug
 from harness.report.plots import MIN_SERIES_SAMPLES
 from harness.report.render import MAX_GANTTS
+from harness.report.resultsection import MAX_METRIC_PLOTS
 from harness.report.scenarios import base_scenario
 from harness.store import METRICS_PARQUET, TIMINGS_PARQUET
 
@@ -50,8 +53,20 @@ def gantt_plots(timings: pd.DataFrame) -> set[str]:
 def metrics_plots(metrics: pd.DataFrame) -> set[str]:
     if metrics.empty:
         return set()
-    longest = metrics.groupby(["metric", "guest"], observed=True).size().max()
+    longest = metrics.groupby(["scenario", "metric", "guest"], observed=True).size().max()
     return {"metrics"} if longest >= MIN_SERIES_SAMPLES else set()
+
+
+def result_plots(metrics: pd.DataFrame) -> set[str]:
+    if metrics.empty:
+        return set()
+    names: set[str] = set()
+    bases = metrics["scenario"].astype(str).map(lambda s: base_scenario(s) if s else "(run)")
+    for base in sorted(set(bases)):
+        wanted = sorted(set(metrics.loc[bases == base, "metric"].astype(str)))
+        assert len(wanted) <= MAX_METRIC_PLOTS, "the synthetic runs stay under the cap"
+        names |= {f"result-{slug(base)}-{slug(m)}" for m in wanted}
+    return names
 
 
 def plots_called_for(run_dir: Path) -> set[str]:
@@ -59,4 +74,5 @@ def plots_called_for(run_dir: Path) -> set[str]:
     timings = pd.read_parquet(run_dir / TIMINGS_PARQUET)
     metrics_path = run_dir / METRICS_PARQUET
     metrics = pd.read_parquet(metrics_path) if metrics_path.exists() else pd.DataFrame()
-    return series_plots(timings) | gantt_plots(timings) | metrics_plots(metrics)
+    return (series_plots(timings) | gantt_plots(timings) | metrics_plots(metrics)
+            | result_plots(metrics))

@@ -21,6 +21,7 @@ from harness.store import TIMINGS_STREAM, Context, Store
 
 SECTIONS = (
     "summary",
+    "results",
     "scenarios",
     "bringup",
     "failures",
@@ -205,13 +206,16 @@ def test_bringup_lost_faults_failures(rendered: Path) -> None:
 
 def test_times_are_in_report_zone(rendered: Path) -> None:
     html, p = parse(rendered)
-    (summary,) = tables_in(p, "summary")
+    summary, heads = tables_in(p, "summary")
     facts = {row[0]: row[1] for row in summary.rows}
     # run.json says it started 19:45 UTC and asks for America/El_Salvador.
     assert facts["started"] == "2026-11-25 13:45:00.000 CST (UTC−06:00)"
     assert facts["run"] == RUN_ID
     assert "America/El_Salvador" in html
-    assert "scaling knee: test_ssh_roundtrip" in facts
+    # No headline declared: the harness operation's throughput is the headline, at each N.
+    assert heads.headers == ["scenario", "headline", "N=2", "N=4", "N=8", "scaling"]
+    (row,) = heads.rows
+    assert row[0] == "test_ssh_roundtrip" and "(harness operation)" in row[1]
 
 
 def test_environment_from_run_json(rendered: Path) -> None:
@@ -236,7 +240,7 @@ def test_svg_and_png_files_written(rendered: Path) -> None:
 def test_rerender_in_another_zone(synth_run: Callable[..., Path], tmp_path: Path) -> None:
     run_dir = synth_run(tmp_path / RUN_ID)
     html, p = parse(render_report(run_dir, tz="Europe/Paris"))
-    (summary,) = tables_in(p, "summary")
+    summary = tables_in(p, "summary")[0]
     started = {r[0]: r[1] for r in summary.rows}["started"]
     assert started == "2026-11-25 20:45:00.000 CET (UTC+01:00)"
     assert "Europe/Paris" in html and "America/El_Salvador" not in html.split("<section")[0]
@@ -298,8 +302,10 @@ def test_missing_run_json_is_tolerated(synth_run: Callable[..., Path], tmp_path:
     wanted = plots_called_for(run_dir)
     assert plot_names(p) == wanted and len(p.images) == len(wanted)
     assert not [n for n in wanted if n.endswith("-scaling")]
-    assert "one N only (2)" in html
-    (summary,) = tables_in(p, "summary")
+    # A single N says what the numbers are for and how to get a curve.
+    assert "One N only (N=2): every number below is for that N; sweep N" in html
+    assert "N=2 only:" in html
+    summary, _heads = tables_in(p, "summary")
     assert {r[0]: r[1] for r in summary.rows}["run"] == RUN_ID
 
 
@@ -347,5 +353,5 @@ def test_bringup_only_run_with_failures(tmp_path: Path) -> None:
     # No workload: the bring-up timeline is the only plot the data calls for.
     assert plot_names(p) == plots_called_for(tmp_path) == {"gantt-test_rt-n3"}
     assert len(p.images) == 1
-    (summary,) = tables_in(p, "summary")
+    summary = tables_in(p, "summary")[0]
     assert {r[0]: r[1] for r in summary.rows}["success rate"] == "no workload"

@@ -86,7 +86,8 @@ def test_knees_explain_themselves() -> None:
     (knee,) = knees(stats)
     assert knee.n == 2 and "beyond N=2" in knee.text
     (single,) = knees(series_stats(_frame(_rows(2, 10, 0.1))))
-    assert single.n is None and "one N only" in single.text
+    assert single.n is None and single.single_n
+    assert single.text.startswith("N=2 only: 20.0 ops/s") and "--guests=" in single.text
 
 
 def test_failures_grouped_by_class_with_guests() -> None:

@@ -9,6 +9,8 @@ when huge and the figure says so.
 - ``gantt``: the bring-up timeline, one bar row per guest
 - ``scaling``: latency/throughput/efficiency against N, and the latency distribution per N
 - ``timeline``: every operation's latency at the time it began
+- ``segments``: operations that start together, a segment per guest from start to end
+- ``results``: agent metrics against N (aggregate, ideal, efficiency, spread over guests)
 - ``metrics``: agents' metrics over time
 - ``resources``: what the host and the guests spent over the run
 
@@ -28,7 +30,9 @@ from harness.report.plots.metrics import (
     time_series_metrics,
 )
 from harness.report.plots.resources import guests_figure, host_figure
+from harness.report.plots.results import metric_result_figure
 from harness.report.plots.scaling import CDF_POINTS, distribution_figure, scaling_figure
+from harness.report.plots.segments import operations_figure, starts_together
 from harness.report.plots.timeline import MAX_SCATTER, MIN_FAILURE_POINTS, latency_over_time
 
 __all__ = [
@@ -48,9 +52,12 @@ __all__ = [
     "host_figure",
     "latency_over_time",
     "latency_unit",
+    "metric_result_figure",
     "metrics_figure",
     "n_axis",
     "new_figure",
+    "operations_figure",
     "scaling_figure",
+    "starts_together",
     "time_series_metrics",
 ]

@@ -41,7 +41,8 @@ def time_series_metrics(metrics: pd.DataFrame) -> list[str]:
     """
     if metrics.empty:
         return []
-    per_guest = metrics.groupby(["metric", "guest"], observed=True).size()
+    # Per scenario: a sweep's one value per guest and N is a result at each N, not a series.
+    per_guest = metrics.groupby(["scenario", "metric", "guest"], observed=True).size()
     longest = per_guest.groupby(level="metric", observed=True).max()
     total = per_guest.groupby(level="metric", observed=True).sum()
     series = total[longest >= MIN_SERIES_SAMPLES].sort_values(ascending=False, kind="stable")
