@@ -116,3 +116,24 @@ class Shaping:
 
     cond: Degradation
     to: tuple[str, ...]
+
+
+def parse_spec(text: str) -> tuple[Degradation, list[str] | None]:
+    """A schedule's ``degrade:delay=100ms,jitter=10ms,loss=1%,to=g001+g002`` (without the
+    ``degrade:``) → the degradation and its destinations (None: every other guest)."""
+    fields: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or key not in ("delay", "jitter", "loss", "duplicate", "reorder", "to"):
+            raise UserError(f"degrade:{text}: {part!r} is not one of delay=, jitter=, loss=, "
+                            "duplicate=, reorder=, to=")
+        fields[key] = value
+    to = fields.pop("to", None)
+    return Degradation.parse(**fields), (to.split("+") if to else None)
+
+
+def destinations_label(to: list[str] | None) -> str:
+    """Where a band says the degraded traffic goes: 'other guests', 'g001, g002', '9 guests'."""
+    if to is None:
+        return "other guests"
+    return ", ".join(to) if len(to) <= 4 else f"{len(to)} guests"

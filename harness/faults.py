@@ -8,31 +8,26 @@ the fleet, so the rest of the run goes on without it.
 Which faults a backend supports is in its ``faults`` set and its capabilities
 (``harness.backends.base``); every fault goes through the one dispatcher,
 ``harness.backends.inject``, which refuses another one with ``FaultNotSupported`` naming the
-backend.  netem (delay, loss) is not in this host's kernel, so bandwidth limits use tc
-``tbf`` only.
+backend.  Network conditions (``degraded``: delay, jitter, loss, duplication, reordering)
+are a fault like the others, whose row carries its parameters; ``harness.regions`` builds
+delay matrices out of them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.backends.base import Backend, FaultNotSupported, Guest
-from harness.backends.inject import FaultAction, inject, require
-from harness.errors import UserError
+from harness.backends.base import Backend, Guest
+from harness.backends.inject import FaultAction, inject, no_shell, require
+from harness.degrade import Degradation, Shaping, destinations_label, parse_spec
+from harness.errors import LabError, UserError
 from harness.ssh import FanOut
 from harness.store import Recorder
-
-
-def netem_available() -> bool:
-    """Whether this kernel has sch_netem (delay/loss); this host's kernel does not."""
-    res = subprocess.run(["modprobe", "-n", "sch_netem"], capture_output=True, check=False)
-    return res.returncode == 0
 
 
 class Schedule(threading.Thread):
@@ -71,6 +66,8 @@ class Nemesis:
     recorder: Recorder
     fleet: FanOut | None = None
     open: list[_Open] = field(default_factory=list)
+    #: Each guest's network conditions now (what ``degraded`` blocks have added).
+    shaping: dict[str, list[Shaping]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _guest(self, name: str) -> Guest:
@@ -162,50 +159,116 @@ class Nemesis:
             inject(self.backend, FaultAction.UNLIMIT, self._guests(names))
             self._end(f)
 
-    def delay(self, names: Sequence[str], ms: float) -> None:
-        """Delay needs netem, which this kernel lacks: say so rather than pretend."""
-        if not netem_available():
-            raise FaultNotSupported("delay and loss need tc netem (sch_netem), which this "
-                                    "kernel does not have; use bandwidth limits instead")
-        raise FaultNotSupported("delay is not implemented yet")
+    @contextlib.contextmanager
+    def degraded(self, names: Sequence[str], *, delay: str = "0", jitter: str = "0",
+                 loss: str = "0", duplicate: str = "0", reorder: str = "0",
+                 to: Sequence[str] | None = None) -> Iterator[Degradation]:
+        """Degrade what the guests ``names`` send to the guests ``to`` (default: every other
+        guest) for the ``with`` block: delay (±jitter), loss, duplication, reordering.  The
+        harness's own connections are never degraded; blocks nest (regions use that)."""
+        cond = Degradation.parse(delay=delay, jitter=jitter, loss=loss, duplicate=duplicate,
+                                 reorder=reorder)
+        with self.degraded_by(names, cond, to):
+            yield cond
+
+    @contextlib.contextmanager
+    def degraded_by(self, names: Sequence[str], cond: Degradation,
+                    to: Sequence[str] | None = None) -> Iterator[None]:
+        """:meth:`degraded` with the conditions already parsed."""
+        require(self.backend, "degrade")
+        sources = self._guests(names)
+        dests = self._guests(to) if to is not None else list(self.backend.guests)
+        rules = {s.name: Shaping(cond, tuple(d.spec.address for d in dests
+                                             if d.name != s.name)) for s in sources}
+        applied: list[Guest] = []
+        try:
+            for src in sources:
+                self._shape(src, add=rules[src.name])
+                applied.append(src)
+        except BaseException:
+            self._unshape(applied, rules)
+            raise
+        label = f"{cond.label()} → {destinations_label(None if to is None else list(to))}"
+        f = self._begin("degrade", names, label)
+        try:
+            yield
+        finally:
+            self._unshape(applied, rules)
+            self._end(f)
+
+    def _shape(self, guest: Guest, *, add: Shaping | None = None,
+               remove: Shaping | None = None) -> None:
+        """Change one guest's list of shapings and give the backend the whole new list."""
+        with self._lock:
+            mine = self.shaping.setdefault(guest.name, [])
+            if add is not None:
+                mine.append(add)
+            if remove is not None and remove in mine:
+                mine.remove(remove)
+            current = list(mine)
+        inject(self.backend, FaultAction.DEGRADE, [guest], shaping=current, shell=self._shell)
+
+    def _unshape(self, guests: Sequence[Guest], rules: dict[str, Shaping]) -> None:
+        for g in guests:
+            if self.fleet is not None and g.name not in self.fleet.names:
+                continue  # lost meanwhile: nothing left to restore
+            self._shape(g, remove=rules[g.name])
+
+    def _shell(self, guest: Guest, script: str) -> str:
+        """Run a script in the guest over the fleet's connection (the control connection)."""
+        if self.fleet is None:
+            return no_shell(guest, script)
+        res = self.fleet.run(script, names=[guest.name], timeout=60)[guest.name]
+        if not res.ok:
+            raise LabError(f"{guest.name}: shaping its traffic failed: {res.message()}")
+        return str(res.stdout)
 
     # -- schedules -------------------------------------------------------------------------
 
     def schedule(self, plan: Sequence[tuple[float, str, Sequence[str], float]]) -> Schedule:
         """Run ``(at_seconds, kind, guests, duration_seconds)`` faults in a background thread.
 
-        ``kind`` is kill, pause, isolate or bandwidth:<rate>, checked (with the backend's
-        capability and the guests' names) before anything starts.  Entries run in the order
-        of their offsets, one at a time: one that falls inside the previous fault starts when
-        that fault ends.  Returns the started thread; its ``join`` re-raises what failed.
+        ``kind`` is kill, pause, isolate, bandwidth:<rate> or degrade:<conditions> (e.g.
+        ``degrade:delay=100ms,jitter=10ms,loss=1%,to=g001+g002``), checked (with the
+        backend's capability and the guests' names) before anything starts.  Entries run in
+        the order of their offsets, one at a time: one that falls inside the previous fault
+        starts when that fault ends.  Returns the started thread; its ``join`` re-raises
+        what failed.
         """
-        for _, kind, names, _ in plan:
-            base = kind.split(":", 1)[0]
-            if base not in ("kill", "pause", "isolate", "bandwidth"):
-                raise UserError(f"unknown fault {kind!r} in the schedule")
-            require(self.backend, base)
-            self._guests(names)
+        steps = [(at, self._step(kind, names), duration) for at, kind, names, duration in plan]
         t0 = time.monotonic()
 
         def run() -> None:
-            for at, kind, names, duration in sorted(plan, key=lambda p: p[0]):
+            for at, step, duration in sorted(steps, key=lambda p: p[0]):
                 time.sleep(max(0.0, t0 + at - time.monotonic()))
-                if kind == "kill":
-                    self.kill(names)
-                    continue
-                cm: contextlib.AbstractContextManager[None]
-                if kind == "pause":
-                    cm = self.paused(names)
-                elif kind == "isolate":
-                    cm = self.isolated(names)
-                else:
-                    cm = self.bandwidth(names, kind.split(":", 1)[1])
-                with cm:
-                    time.sleep(duration)
+                cm = step()
+                if cm is not None:
+                    with cm:
+                        time.sleep(duration)
 
         thread = Schedule(run)
         thread.start()
         return thread
+
+    def _step(self, kind: str, names: Sequence[str]
+              ) -> Callable[[], contextlib.AbstractContextManager[Any] | None]:
+        """One schedule entry, checked now: what starts it when its time comes (a context
+        manager lasting its duration, or None for a kill)."""
+        base, _, arg = kind.partition(":")
+        if base not in ("kill", "pause", "isolate", "bandwidth", "degrade"):
+            raise UserError(f"unknown fault {kind!r} in the schedule")
+        require(self.backend, base)
+        self._guests(names)
+        if base == "degrade":
+            cond, to = parse_spec(arg)
+            if to is not None:
+                self._guests(to)
+            return lambda: self.degraded_by(names, cond, to)
+        if base == "kill":
+            return lambda: self.kill(names)
+        if base == "bandwidth":
+            return lambda: self.bandwidth(names, arg)
+        return lambda: self.paused(names) if base == "pause" else self.isolated(names)
 
     def close(self) -> None:
         """Record faults still open (a run that ended inside one) as ending now."""
@@ -214,21 +277,33 @@ class Nemesis:
 
 
 def cli_fault(args: Any) -> int:
-    """``scalelab fault ACTION GUEST...`` against a lab left up, whose backend can attach."""
+    """``scalelab fault ACTION GUEST...`` against a lab left up, whose backend can attach;
+    a fault the backend cannot inject is the user's one-line error."""
+    from harness.backends.base import FaultNotSupported
+
+    try:
+        return _cli_fault(args)
+    except FaultNotSupported as err:
+        raise UserError(str(err)) from None
+
+
+def _cli_fault(args: Any) -> int:
     from pathlib import Path
 
+    from harness import degradecli
     from harness.backends import backend_class, parse_backend
     from harness.backends.base import CanAttach
     from harness.runs import find_run, lab_holding, newest_kept_run
     from harness.store import Context, Store
 
-    names = list(args.guests)
+    names, to = list(args.guests), (list(args.to) if args.to else None)
     if args.action != "heal" and not names:
         raise UserError(f"scalelab fault {args.action}: name at least one guest")
+    cond = degradecli.parse_args(args)  # bad conditions fail here, before any lookup
     run = find_run(args.run) if args.run else newest_kept_run()
     if run is None:
         raise UserError("no run is kept up here (see `scalelab ls`; --run names one)")
-    entry = lab_holding(run, names)
+    entry = lab_holding(run, names + (to or []))
     kind = str(entry.state.header.get("backend", ""))
     cls = backend_class(parse_backend(kind))
     if not issubclass(cls, CanAttach):
@@ -238,8 +313,18 @@ def cli_fault(args: Any) -> int:
     store = Store(Path(run.run_dir), Context(run_id=run.run_id, scenario="manual-faults",
                                              lab=entry.name))
     nem = Nemesis(backend, store.scoped())
+    lab_dir = entry.lab_dir or Path(run.run_dir)
     if args.action == "kill":
         nem.kill(names)  # recorded: the guest is lost for the rest of the run
+    elif cond is not None:
+        require(backend, "degrade")
+        label = degradecli.degrade(backend, lab_dir, nem._guests(names), cond,
+                                   None if to is None else nem._guests(to))
+        print(f"degrade: {' '.join(names)}: {label}")
+        return 0
+    elif args.action == "restore":
+        require(backend, "degrade")
+        degradecli.restore(backend, lab_dir, nem._guests(names), nem.recorder)
     else:
         inject(backend, args.action, nem._guests(names), rate=args.rate)
     print(f"{args.action}: {' '.join(names) or 'all'} done")
