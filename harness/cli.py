@@ -77,10 +77,15 @@ def _parser() -> argparse.ArgumentParser:
 
     fault = sub.add_parser("fault", help="inject a fault into a lab that is up")
     fault.add_argument("action", choices=["kill", "pause", "resume", "isolate", "heal",
-                                          "limit", "unlimit"])
+                                          "limit", "unlimit", "degrade", "restore"])
     fault.add_argument("guests", nargs="*", help="guest names")
     fault.add_argument("--run", help="run id (default: the newest lab up)")
     fault.add_argument("--rate", default="1mbit", help="rate for `limit` (tc tbf)")
+    for opt, example in (("delay", "100ms"), ("jitter", "10ms"), ("loss", "5%"),
+                         ("duplicate", "0.5%"), ("reorder", "2%")):
+        fault.add_argument(f"--{opt}", help=f"{opt} for `degrade` (e.g. {example})")
+    fault.add_argument("--to", nargs="+", metavar="GUEST",
+                       help="`degrade` only traffic to these guests (default: all others)")
     return p
 
 
@@ -164,7 +169,7 @@ def _up(args: argparse.Namespace) -> int:
     session = Session(cfg, progress=_terminal_progress, image=image)
     session.warn_leftovers(print_fn=lambda m: print(m, file=sys.stderr))
     try:
-        lab = session.lab_up(cfg.guests[0])
+        lab = session.lab_up(cfg.guests[0], roles=cfg.role_spec)
     except BaseException:
         session.finish()
         raise
@@ -175,6 +180,8 @@ def _up(args: argparse.Namespace) -> int:
           f"{lab.bringup_seconds:.1f} s")
     print(f"run directory: {run_dir}/")
     first = lab.guests[0].name
+    for role, names in lab.roles.members_of.items():
+        print(f"role {role}: {', '.join(names[:4])}{' …' if len(names) > 4 else ''}")
     print(f"try: ssh -F {run_dir}/ssh_config {first} hostname")
     print(f"take it down with: scalelab down {session.run_id}")
     return 0

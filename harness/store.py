@@ -47,6 +47,7 @@ TIMINGS_SCHEMA = pa.schema(
         ("n_guests", pa.int64()),
         ("lab", pa.string()),
         ("guest", pa.string()),
+        ("role", pa.string()),  # the guest's role(s) in its scenario, "+"-joined; "" if none
         ("lab_host", pa.string()),
         ("phase", pa.string()),
         ("op", pa.string()),
@@ -67,6 +68,7 @@ METRICS_SCHEMA = pa.schema(
         ("n_guests", pa.int64()),
         ("lab", pa.string()),
         ("guest", pa.string()),
+        ("role", pa.string()),
         ("lab_host", pa.string()),
         ("t", pa.timestamp("ns", tz="UTC")),
         ("metric", pa.string()),
@@ -144,6 +146,8 @@ class Context:
 
 
 class Store:
+    #: guest name → its role(s) in this scenario ("server", "clients", "a+b"), for every row.
+    guest_roles: Mapping[str, str] = field(default_factory=dict)
     """Append-only timing and metric rows of one run directory."""
 
     def __init__(self, run_dir: Path, context: Context) -> None:
@@ -226,6 +230,7 @@ class Recorder:
             "lab_host": c.lab_host or self.store.lab_hosts.get(guest or "", ""),
         }
 
+            "role": c.guest_roles.get(guest or "", ""),
     def timing(
         self,
         op: str,
@@ -379,3 +384,5 @@ def load_samples(run_dir: Path) -> pd.DataFrame:
 def _frame(table: pa.Table) -> pd.DataFrame:
     df: pd.DataFrame = table.to_pandas()
     return df
+    if "guest" in df.columns and "role" not in df.columns:
+        df["role"] = ""  # a run stored before rows carried roles

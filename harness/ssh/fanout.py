@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import paramiko
 
 from harness.backends.base import Guest
+from harness.roles import Roles
 from harness.ssh.commands import run_on
 from harness.ssh.failures import Failure, GuestError, classify
 
@@ -82,6 +83,8 @@ class FanOut(Protocol):
     guests: dict[str, Guest]
     #: guest → when it was lost (UTC ns); shared by every subset of one lab's fleet.
     lost: dict[str, int]
+    #: The roles dealt out over these guests (empty unless the scenario or lab has roles).
+    roles: Roles
 
     @property
     def names(self) -> list[str]:
@@ -89,6 +92,10 @@ class FanOut(Protocol):
         ...
 
     def subset(self, names: Iterable[str]) -> FanOut: ...
+
+    def role(self, name: str) -> FanOut:
+        """The guests of role ``name`` (UnknownRole for a role not dealt out here)."""
+        ...
 
     def map(self, func: Callable[[str, paramiko.SSHClient], Any],
             names: Iterable[str] | None = None) -> GroupResult: ...
@@ -119,6 +126,7 @@ class Fleet:
         self.guests = dict(guests)
         self.max_workers = max(1, max_workers)
         self.lost: dict[str, int] = {}
+        self.roles = Roles()
         self._pool = ThreadPoolExecutor(
             max_workers=min(self.max_workers, max(1, len(self.clients))),
             thread_name_prefix="fleet",
@@ -134,7 +142,11 @@ class Fleet:
         sub = Fleet({n: self.clients[n] for n in keep}, {n: self.guests[n] for n in keep},
                     self.max_workers)
         sub.lost = self.lost  # shared: a guest lost anywhere is lost everywhere
+        sub.roles = self.roles.restricted(keep)
         return sub
+
+    def role(self, name: str) -> Fleet:
+        return self.subset(self.roles.members(name))
 
     def map(
         self,
