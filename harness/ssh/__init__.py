@@ -9,13 +9,17 @@ guest is an entry, not an exception that loses the others' results.
 The modules, from the bottom up: ``failures`` (failure classes, ``GuestError``,
 ``classify``), ``keys`` (client key, pinned host keys), ``files`` (the run's key file,
 ``known_hosts`` and ``ssh_config``), ``transport`` (socket and cipher tuning),
-``commands`` (``run_on``), ``readiness`` (``connect_ready``), ``fanout`` (``Fleet``).
+``commands`` (``run_on``: one exec channel per command), ``executor_guest`` and
+``executor`` (a persistent session: one channel per guest to an executor there),
+``sessions`` (which connection has one; ``run_command``), ``readiness``
+(``connect_ready``), ``fanout`` (``Fleet``).
 Callers import from this package, not from the modules.
 """
 
 from __future__ import annotations
 
 from harness.ssh.commands import MAX_OUTPUT, run_on
+from harness.ssh.executor import Session
 from harness.ssh.failures import (
     AUTH,
     BANNER,
@@ -42,6 +46,7 @@ from harness.ssh.readiness import (
     ReadyOptions,
     connect_ready,
 )
+from harness.ssh.sessions import ensure_session, no_executor, run_command, session_of
 from harness.ssh.transport import PREFERRED_CIPHERS, READ_AHEAD, TimedSocket
 
 # The names tests/test_ssh.py imported while these were private to the one-module ssh.py;
@@ -73,13 +78,18 @@ __all__ = [
     "HandshakeGate",
     "PhaseCallback",
     "ReadyOptions",
+    "Session",
     "TimedSocket",
     "classify",
     "connect_ready",
+    "ensure_session",
     "host_keys_for",
     "known_hosts_lines",
     "load_private_key",
+    "no_executor",
+    "run_command",
     "run_on",
+    "session_of",
     "write_client_key",
     "write_exports",
 ]

@@ -37,10 +37,15 @@ class _Capped:
         self.dropped += len(data) - len(keep)
 
     def text(self) -> str:
-        text = b"".join(self.chunks).decode(errors="replace")
-        if self.dropped:
-            text += f"\n[scalelab: {self.dropped} more bytes of output dropped]\n"
-        return text
+        return capped_text(b"".join(self.chunks), self.dropped)
+
+
+def capped_text(data: bytes, dropped: int) -> str:
+    """A stream's kept bytes as text, saying how many more were dropped."""
+    text = data.decode(errors="replace")
+    if dropped:
+        text += f"\n[scalelab: {dropped} more bytes of output dropped]\n"
+    return text
 
 
 def _drain(chan: paramiko.Channel, timeout: float | None) -> tuple[str, str]:

@@ -20,8 +20,8 @@ import paramiko
 
 from harness.backends.base import Guest, Jump
 from harness.plumbing.result import CommandResult
-from harness.ssh.commands import run_on
 from harness.ssh.failures import Failure, GuestError, classify
+from harness.ssh.sessions import run_command
 from harness.ssh.transport import TimedSocket, client_transport, open_socket
 
 #: ``on_phase(guest, op, start_ns, end_ns)``: one timing row per phase of a guest's wait.
@@ -233,7 +233,9 @@ class _Wait:
         """Run the first command on ``conn``, record the phases, check the answer."""
         first = self.opts.first_command
         try:
-            res = run_on(conn.client, first.command, timeout=self.opts.command_timeout)
+            # Through the guest's executor, which this starts (exec channel without it).
+            res = run_command(conn.client, first.command, timeout=self.opts.command_timeout,
+                              guest=self.guest.name)
         except Exception as exc:
             conn.client.close()
             cls = classify(exc)

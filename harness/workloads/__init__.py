@@ -22,7 +22,7 @@ from typing import Any
 import paramiko
 
 from harness.plumbing.result import CommandResult
-from harness.ssh import EXIT, FanOut, GroupResult, run_on
+from harness.ssh import EXIT, FanOut, GroupResult, run_command
 from harness.store import Recorder
 
 REMOTE_DIR = "/opt/scalelab/agents"
@@ -254,7 +254,8 @@ class Agents:
         """Like :meth:`run`, with a command line of its own for each guest."""
 
         def one(name: str, client: paramiko.SSHClient) -> CommandResult:
-            return run_on(client, shlex.join(argv_for(name)), timeout=timeout, guest=name)
+            return run_command(client, shlex.join(argv_for(name)), timeout=timeout,
+                               guest=name)
 
         return record_results(self.fleet.map(one, names), self.recorder, op,
                               log_dir=self.log_dir)

@@ -1,0 +1,316 @@
+"""The guest side of a persistent session: a small executor that runs in the guest for the
+whole run, reading requests from its stdin and writing replies to its stdout (one SSH
+channel), and runs each command as a plain child process: no new channel, no sshd session,
+no login shell per command.
+
+Its source is sent over the channel by :mod:`harness.ssh.executor` and started with
+``python3 -c`` (stdlib only, one file, nothing written to the guest).  The client imports
+:data:`HEAD`, :func:`frame` and :class:`Frames` from here, so the protocol has one
+definition.
+
+A frame is ``HEAD`` (magic, request id, meta length, payload length; big-endian) followed by
+the meta (a JSON object) and the payload (raw bytes: a command's stdin, a file's contents,
+a reply's stdout followed by its stderr).  Requests run concurrently; replies come in the
+order commands finish, each with its request's id.  The idea is mitogen's (a fixed binary
+header with ids, then the message); the code is ours.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import selectors
+import signal
+import struct
+import sys
+import time
+from typing import Any
+
+MAGIC = 0x534C  # "SL"
+#: magic, request id, meta length, payload length.
+HEAD = struct.Struct(">HIII")
+CHUNK = 65536
+#: A command made only of these characters (and single spaces) means the same to any shell
+#: as its words do to execve: it is run without a shell.  Quotes, expansions, globs,
+#: redirections, separators, comments and ``~`` all send it to the shell.
+_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_@%+=:,./-")
+#: First words only a shell can run (keywords and builtins that change the shell itself).
+_SHELL_ONLY = frozenset((
+    "if", "then", "else", "elif", "fi", "case", "esac", "for", "while", "until", "do", "done",
+    "function", "select", "time", "cd", "exit", "export", "exec", "set", "unset", "alias",
+    "source", ".", "eval", "read", "ulimit", "umask", "wait", "trap", "shift", "return",
+    "break", "continue", "readonly", "local", "declare", "typeset", "command", "hash", "jobs",
+    "fg", "bg"))
+
+
+def frame(rid: int, meta: dict[str, Any], payload: bytes = b"") -> bytes:
+    m = json.dumps(meta, separators=(",", ":")).encode()
+    return HEAD.pack(MAGIC, rid, len(m), len(payload)) + m + payload
+
+
+class Frames:
+    """Frames cut from a byte stream as it arrives."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[int, dict[str, Any], bytes]]:
+        self.buf += data
+        out = []
+        while len(self.buf) >= HEAD.size:
+            magic, rid, mlen, plen = HEAD.unpack_from(self.buf)
+            if magic != MAGIC:
+                raise ValueError(f"bad frame magic {magic:#x}")
+            end = HEAD.size + mlen + plen
+            if len(self.buf) < end:
+                break
+            meta = json.loads(bytes(self.buf[HEAD.size:HEAD.size + mlen]))
+            out.append((rid, meta, bytes(self.buf[HEAD.size + mlen:end])))
+            del self.buf[:end]
+        return out
+
+
+def plain_argv(command: str, path: str) -> list[str] | None:
+    """``command`` as an argv to exec directly, or None when it needs a shell."""
+    words = command.split(" ")
+    if not command or "" in words or not _PLAIN.issuperset(command.replace(" ", "")):
+        return None
+    if words[0] in _SHELL_ONLY or "=" in words[0]:
+        return None
+    exe = _which(words[0], path)
+    return None if exe is None else [exe, *words[1:]]
+
+
+def _which(name: str, path: str) -> str | None:
+    candidates = [name] if "/" in name else [os.path.join(d or ".", name)
+                                             for d in path.split(":")]
+    for c in candidates:
+        if os.path.isfile(c) and os.access(c, os.X_OK):
+            return c
+    return None
+
+
+class Job:
+    """One running command: its child, its output so far (capped) and its deadline."""
+
+    def __init__(self, rid: int, cap: int, deadline: float | None) -> None:
+        self.rid, self.cap, self.deadline = rid, cap, deadline
+        self.pid = 0
+        self.out, self.err = bytearray(), bytearray()
+        self.dropped = [0, 0]
+        self.open_fds: set[int] = set()
+        self.status: int | None = None
+        self.timed_out = False
+        self.start = time.time_ns()
+        self.mono = time.monotonic_ns()
+        self.stdin = memoryview(b"")
+
+    def add(self, stream: int, data: bytes) -> None:
+        buf = self.out if stream == 1 else self.err
+        keep = data[: max(0, self.cap - len(buf))]
+        buf += keep
+        self.dropped[stream - 1] += len(data) - len(keep)
+
+    def reply(self, error: str | None = None) -> bytes:
+        end = self.start + (time.monotonic_ns() - self.mono)
+        meta = {"status": self.status, "out": len(self.out), "err": len(self.err),
+                "dropped": self.dropped, "start": self.start, "end": end,
+                "timed_out": self.timed_out, "error": error}
+        return frame(self.rid, meta, bytes(self.out) + bytes(self.err))
+
+
+class Executor:
+    """The loop: requests from ``rfd``, children's pipes and their exits, replies to ``wfd``."""
+
+    def __init__(self, rfd: int = 0, wfd: int = 1) -> None:
+        self.rfd, self.wfd = rfd, wfd
+        self.sel = selectors.DefaultSelector()
+        self.frames = Frames()
+        self.jobs: dict[int, Job] = {}  # request id → job
+        self.pids: dict[int, Job] = {}
+        self.fds: dict[int, tuple[Job, int]] = {}  # fd → (job, 0 stdin / 1 out / 2 err)
+        me = pwd.getpwuid(os.getuid())
+        self.shell = me.pw_shell or "/bin/sh"
+        self.home = os.environ.get("HOME") or me.pw_dir or "/"
+        self.env = dict(os.environ)
+        self.env.pop("_", None)  # the bootstrap's shell set it to python3
+        # SIGCHLD wakes the loop through a pipe (pidfds are newer than some guest kernels).
+        self.wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_w, False)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        self.sel.register(self.wake_r, selectors.EVENT_READ, "wake")
+        self.sel.register(rfd, selectors.EVENT_READ, "in")
+
+    def send(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.wfd, view):]
+
+    def serve(self) -> None:
+        self.send(frame(0, {"hello": 1, "pid": os.getpid(), "python": sys.version.split()[0]}))
+        while True:
+            deadlines = [j.deadline for j in self.jobs.values() if j.deadline and not j.timed_out]
+            wait = None if not deadlines else max(0.0, min(deadlines) - time.monotonic())
+            for key, _ in self.sel.select(wait):
+                if key.data == "in":
+                    data = os.read(self.rfd, CHUNK)
+                    if not data:
+                        self.hang_up()
+                        return
+                    for rid, meta, payload in self.frames.feed(data):
+                        self.request(rid, meta, payload)
+                elif key.data == "wake":
+                    os.read(self.wake_r, 512)
+                    self.reap()
+                else:
+                    self.pipe_event(key.fd, key.events)
+            self.expire()
+
+    def request(self, rid: int, meta: dict[str, Any], payload: bytes) -> None:
+        op = meta.get("op")
+        try:
+            if op == "run":
+                self.start(rid, meta, payload)
+            elif op == "kill":
+                job = self.jobs.get(int(meta["target"]))
+                if job is not None:
+                    self.kill(job)
+            elif op == "put":
+                self.send(frame(rid, self.put(meta, payload)))
+            else:
+                self.send(frame(rid, {"error": f"unknown op {op!r}"}))
+        except Exception as exc:  # a bad request fails itself, never the executor
+            self.send(frame(rid, {"error": f"{type(exc).__name__}: {exc}"}))
+
+    def put(self, meta: dict[str, Any], payload: bytes) -> dict[str, Any]:
+        path = str(meta["path"])
+        if meta.get("dir"):
+            os.makedirs(path, exist_ok=True)
+        else:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                view = memoryview(payload)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+        if meta.get("mode") is not None:
+            os.chmod(path, int(meta["mode"]))
+        return {"status": 0}
+
+    def start(self, rid: int, meta: dict[str, Any], payload: bytes) -> None:
+        timeout = meta.get("timeout")
+        job = Job(rid, int(meta.get("cap", 16 << 20)),
+                  None if timeout is None else time.monotonic() + float(timeout))
+        env = dict(self.env)
+        env.update(meta.get("env") or {})
+        argv = meta.get("argv") or plain_argv(str(meta["shell"]), env.get("PATH", ""))
+        if argv is None:
+            argv = [self.shell, "-c", str(meta["shell"])]
+        cwd = os.getcwd()
+        os.chdir(meta.get("cwd") or self.home)  # one thread: safe to chdir around the spawn
+        fds = [os.pipe() for _ in range(3)]  # non-inheritable until dup2'd onto 0, 1, 2
+        try:
+            exe = argv[0] if "/" in argv[0] else _which(argv[0], env.get("PATH", ""))
+            job.pid = os.posix_spawn(
+                exe or argv[0], argv, env, setsid=True,
+                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD),
+                file_actions=[(os.POSIX_SPAWN_DUP2, fds[0][0], 0),
+                              (os.POSIX_SPAWN_DUP2, fds[1][1], 1),
+                              (os.POSIX_SPAWN_DUP2, fds[2][1], 2)])
+        except OSError as exc:
+            for r, w in fds:
+                os.close(r)
+                os.close(w)
+            job.status = 127 if isinstance(exc, FileNotFoundError) else 126
+            job.err += f"scalelab executor: {argv[0]}: {exc.strerror or exc}\n".encode()
+            self.send(job.reply())
+            return
+        finally:
+            os.chdir(cwd)
+        os.close(fds[0][0])
+        os.close(fds[1][1])
+        os.close(fds[2][1])
+        self.jobs[rid], self.pids[job.pid] = job, job
+        for fd, stream in ((fds[1][0], 1), (fds[2][0], 2)):
+            self.watch(job, fd, stream, selectors.EVENT_READ)
+        job.stdin = memoryview(payload)
+        if job.stdin:
+            os.set_blocking(fds[0][1], False)
+            self.watch(job, fds[0][1], 0, selectors.EVENT_WRITE)
+        else:
+            os.close(fds[0][1])
+
+    def watch(self, job: Job, fd: int, stream: int, events: int) -> None:
+        job.open_fds.add(fd)
+        self.fds[fd] = (job, stream)
+        self.sel.register(fd, events, "pipe")
+
+    def unwatch(self, fd: int) -> None:
+        job, _ = self.fds.pop(fd)
+        job.open_fds.discard(fd)
+        self.sel.unregister(fd)
+        os.close(fd)
+
+    def pipe_event(self, fd: int, events: int) -> None:
+        job, stream = self.fds[fd]
+        if stream == 0:
+            try:
+                job.stdin = job.stdin[os.write(fd, job.stdin):]
+            except BrokenPipeError:
+                job.stdin = memoryview(b"")
+            if not job.stdin:
+                self.unwatch(fd)
+        else:
+            data = os.read(fd, CHUNK)
+            if data:
+                job.add(stream, data)
+            else:
+                self.unwatch(fd)
+        self.maybe_done(job)
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            job = self.pids.pop(pid, None)
+            if job is not None:
+                code = os.waitstatus_to_exitcode(status)
+                # Killed by a signal: what a shell would say (128 + the signal's number).
+                job.status = code if code >= 0 else 128 - code
+                self.maybe_done(job)
+
+    def maybe_done(self, job: Job) -> None:
+        if job.status is None or (job.open_fds and not job.timed_out):
+            return
+        for fd in list(job.open_fds):  # a timed-out job's escaped children may hold them
+            self.unwatch(fd)
+        del self.jobs[job.rid]
+        self.send(job.reply())
+
+    def kill(self, job: Job) -> None:
+        job.timed_out = True
+        with contextlib.suppress(OSError):  # gone already
+            os.killpg(job.pid, signal.SIGKILL)
+
+    def expire(self) -> None:
+        now = time.monotonic()
+        for job in list(self.jobs.values()):
+            if job.deadline is not None and now >= job.deadline and not job.timed_out:
+                self.kill(job)
+
+    def hang_up(self) -> None:
+        """The client is gone: what it started and is still waiting for goes too."""
+        for job in list(self.jobs.values()):
+            self.kill(job)
+
+
+if __name__ == "__main__":
+    Executor().serve()
