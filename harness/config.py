@@ -17,6 +17,7 @@ from harness.backendurl import BackendURL, parse_backend
 from harness.errors import UserError
 from harness.image.recipe import Recipe, load_recipe
 from harness.plumbing.units import parse_size
+from harness.roles import RoleSpec
 
 MAX_GUESTS = 4096
 
@@ -137,6 +138,8 @@ OPTIONS: list[Option] = [
            1.0, _positive_float("sample-interval", zero_ok=True)),
     Option("live_report", "re-render the report every SECONDS while the run goes on (0: off)",
            0.0, _positive_float("live-report", zero_ok=True)),
+    Option("roles", "roles dealt out over the lab's guests, e.g. server=1,clients=rest "
+           "(a scenario's @pytest.mark.roles overrides them)"),
 ]
 
 
@@ -159,13 +162,19 @@ class LabConfig:
     vxlan_port: int = 4789
     sample_interval: float = 1.0
     live_report: float = 0.0
+    roles: str | None = None
     project_dir: Path = field(default_factory=Path.cwd)
     #: ``backend`` parsed, and the image recipe loaded, once, when the config is made: the
     #: layers below read these and never parse the text again.
     backend_url: BackendURL = field(init=False, repr=False)
     recipe_spec: Recipe = field(init=False, repr=False)
+    role_spec: RoleSpec | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self.role_spec = RoleSpec.parse(self.roles) if self.roles else None
+        if self.role_spec is not None and self.role_spec.minimum > self.max_guests:
+            raise UserError(f"--roles={self.roles}: needs at least {self.role_spec.minimum} "
+                            f"guests; --guests is {self.max_guests}")
         self.backend_url = parse_backend(self.backend)
         self.recipe_spec = load_recipe(Path(self.recipe) if self.recipe else None,
                                        self.project_dir)
@@ -176,7 +185,7 @@ class LabConfig:
 
     def settings(self) -> dict[str, Any]:
         """What the user set, for run.json (the parsed forms are derived from these)."""
-        derived = {"project_dir", "backend_url", "recipe_spec"}
+        derived = {"project_dir", "backend_url", "recipe_spec", "role_spec"}
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in derived}
 
 

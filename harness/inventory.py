@@ -19,10 +19,11 @@ import json
 import re
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.backends.base import Guest
+from harness.roles import Roles
 
 #: The guest image's interpreter; named so Ansible does not probe for one (and warn) first.
 PYTHON = "/usr/bin/python3"
@@ -35,6 +36,8 @@ class InventoryLab:
     name: str
     guests: Sequence[Guest]
     key_path: Path
+    #: The roles dealt out over its guests during the run (``role_<name>`` groups).
+    roles: Roles = field(default_factory=Roles)
 
 
 def group_name(prefix: str, name: str) -> str:
@@ -49,13 +52,19 @@ def write_inventory(run_dir: Path, labs: Sequence[InventoryLab]) -> Path:
     """``run_dir/inventory.yml`` for the guests of ``labs``, reached via ``run_dir/ssh_config``.
 
     Groups: ``all``; ``lab_<lab>`` per lab; ``labhost_<host>`` per lab host of a cluster lab
-    (a guest of a plain lab has no lab host and is in no such group)."""
+    (a guest of a plain lab has no lab host and is in no such group); ``role_<role>`` per
+    role dealt out (``--roles`` or a scenario's marker), over every lab of the run."""
     config = (run_dir / "ssh_config").resolve()
     common_args = f"-F {shlex.quote(str(config))}"
     out = ["# scalelab run: ansible -i this-file all -m ping", "all:", "  hosts:"]
     lab_groups: dict[str, list[str]] = {}
     host_groups: dict[str, list[str]] = {}
+    role_groups: dict[str, list[str]] = {}
     for lab in labs:
+        up = {g.name for g in lab.guests}
+        for role, dealt in lab.roles.members_of.items():
+            role_groups.setdefault(group_name("role", role), []).extend(
+                n for n in dealt if n in up)
         members = lab_groups.setdefault(group_name("lab", lab.name), [])
         for g in lab.guests:
             members.append(g.name)
@@ -75,7 +84,8 @@ def write_inventory(run_dir: Path, labs: Sequence[InventoryLab]) -> Path:
             ):
                 out.append(f"      {key}: {_s(value)}")
     # A lab with no guests (all failed to start) gets no group: an empty ``hosts:`` is null.
-    groups = [(k, v) for k, v in [*lab_groups.items(), *sorted(host_groups.items())] if v]
+    groups = [(k, v) for k, v in [*lab_groups.items(), *sorted(host_groups.items()),
+                                  *role_groups.items()] if v]
     if groups:
         out.append("  children:")
     for group, names in groups:

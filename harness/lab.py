@@ -12,7 +12,7 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 from pathlib import Path
@@ -30,6 +30,7 @@ from harness.image import cache
 from harness.image.ensure import ensure_image
 from harness.inventory import InventoryLab, write_inventory
 from harness.readywait import ReadyWaiter, WaitHooks
+from harness.roles import Roles, RoleSpec
 from harness.ssh import (
     FanOut,
     Fleet,
@@ -114,6 +115,9 @@ class Lab:
         #: The lab host the guests run on, when the lab is a cluster's shard.
         self.lab_host = ""
         self.bringup_seconds: float | None = None
+        #: Every role dealt out over this lab's guests during the run (the inventory's
+        #: ``role_<name>`` groups): the lab's own ``--roles`` and its scenarios' markers.
+        self.roles = Roles()
         self._stats = BringUpStats()
         self._total = 0
         self._stopped = False
@@ -301,6 +305,13 @@ class Lab:
             raise LabError("the lab is not up")
         return self.fleet
 
+    def deal_roles(self, spec: RoleSpec, names: Sequence[str] | None = None) -> Roles:
+        """Deal ``spec`` out over ``names`` (the lab's guests that are up, by default) and
+        note it for the inventory; RolesDontFit when there are too few guests."""
+        roles = spec.assign(self.require_fleet().names if names is None else names)
+        self.roles = self.roles.merged(roles)
+        return roles
+
     def keep(self) -> None:
         """Leave the lab up after this process ends (``scalelab down`` takes it down)."""
         if self.state is not None:
@@ -329,6 +340,7 @@ class Lab:
             "guests_up": len(self.fleet.names) if self.fleet else 0,
             "bringup_seconds": self.bringup_seconds,
             "failures": {n: e.error_class for n, e in self.failures.items()},
+            "roles": {r: list(ns) for r, ns in self.roles.members_of.items()},
         }
 
     # -- teardown ------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from harness.faults import Nemesis
 from harness.image.ensure import ensure_image
 from harness.lab import DEFAULT_LAB, Lab
 from harness.preflight import preflight_lab
+from harness.roles import Roles, RolesDontFit, RoleSpec
 from harness.session import Session
 from harness.ssh import FanOut
 from harness.store import Recorder
@@ -32,6 +33,7 @@ _CONFIG_KEY = pytest.StashKey[LabConfig]()
 _SESSION_KEY = pytest.StashKey["Session"]()
 _OUTCOME_KEY = pytest.StashKey[dict[str, int]]()
 _TESTS_KEY = pytest.StashKey[list[dict[str, Any]]]()
+_ROLES_KEY = pytest.StashKey[RoleSpec]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -48,6 +50,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "quorum(fraction): the share of guests that must succeed")
     config.addinivalue_line("markers", "recipe(path): the image recipe this scenario needs")
+    config.addinivalue_line("markers", "roles(**counts): roles dealt out over the guests, "
+                            "e.g. roles(server=1, clients='rest'); fleet.role(name)")
     config.addinivalue_line("markers", "headline(metric): the agent metric that is this "
                             "scenario's result (the report's summary and knee use it)")
     if _under_xdist(config):
@@ -70,6 +74,22 @@ def _under_xdist(config: pytest.Config) -> bool:
         return True
     n = getattr(config.option, "numprocesses", None)
     return bool(n) and n != 0
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Markers are read once, here: a bad ``roles`` marker stops the run before any lab."""
+    for item in items:
+        marker = item.get_closest_marker("roles")
+        if marker is None:
+            continue
+        if marker.args:
+            raise pytest.UsageError(f"scalelab: {item.nodeid}: @pytest.mark.roles takes "
+                                    "keywords only, e.g. roles(server=1, clients='rest')")
+        try:
+            item.stash[_ROLES_KEY] = RoleSpec.of(marker.kwargs.items(),
+                                                 where=f"{item.nodeid}: @pytest.mark.roles")
+        except UserError as err:
+            raise pytest.UsageError(f"scalelab: {err}") from None
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -254,7 +274,8 @@ def lab(request: pytest.FixtureRequest, _lab_pool: dict[str, Lab],
     if key not in _lab_pool:
         try:
             if recipe is None:
-                the_lab = scalelab_session.lab_up(lab_config.max_guests)
+                the_lab = scalelab_session.lab_up(lab_config.max_guests,
+                                                  roles=lab_config.role_spec)
             else:
                 image = ensure_image(
                     dataclasses.replace(lab_config, recipe=str(recipe), image=None),
@@ -263,6 +284,7 @@ def lab(request: pytest.FixtureRequest, _lab_pool: dict[str, Lab],
                 the_lab = scalelab_session.lab_up(
                     lab_config.max_guests, image=image,
                     name=_recipe_lab_name(recipe, str(image.info()["recipe"])),
+                    roles=lab_config.role_spec,
                 )
         except UserError as err:
             pytest.exit(f"scalelab: {err}", returncode=pytest.ExitCode.USAGE_ERROR)
@@ -287,20 +309,40 @@ def guests(lab: Lab, n_guests: int) -> list[Guest]:
 
 
 @pytest.fixture
-def fleet(lab: Lab, guests: list[Guest]) -> FanOut:
-    """Fan-out over this test's guests (connections are shared with the lab)."""
-    return lab.require_fleet().subset(g.name for g in guests)
+def roles(request: pytest.FixtureRequest, lab: Lab, guests: list[Guest],
+          scalelab_session: Session, lab_config: LabConfig) -> Roles:
+    """This test's roles, dealt out over its guests in order: its ``@pytest.mark.roles``,
+    else the lab's ``--roles``, else none.  An N too small for them skips that N, saying
+    how many guests the roles need (a sweep's N=1 for a client/server scenario)."""
+    spec = request.node.stash.get(_ROLES_KEY, None) or lab_config.role_spec
+    if spec is None:
+        return Roles()
+    try:
+        return scalelab_session.deal_roles(lab, spec, [g.name for g in guests])
+    except RolesDontFit as err:
+        pytest.skip(str(err))
+
+
+@pytest.fixture
+def fleet(lab: Lab, guests: list[Guest], roles: Roles) -> FanOut:
+    """Fan-out over this test's guests (connections are shared with the lab), with its
+    roles: ``fleet.role("server")``."""
+    sub = lab.require_fleet().subset(g.name for g in guests)
+    sub.roles = roles
+    return sub
 
 
 @pytest.fixture
 def recorder(scalelab_session: Session, request: pytest.FixtureRequest,
              n_guests: int) -> Recorder:
     """Timing and metric rows of this test, tagged with its name, N and (when the test uses
-    one) its lab; a row about a guest always carries that guest's lab."""
+    one) its lab; a row about a guest always carries that guest's lab and role."""
     lab_name = ""
+    guest_roles: dict[str, str] = {}
     if "lab" in request.fixturenames:
         lab_name = request.getfixturevalue("lab").name
-    return scalelab_session.recorder(request.node.name, n_guests, lab_name)
+        guest_roles = request.getfixturevalue("roles").labels()
+    return scalelab_session.recorder(request.node.name, n_guests, lab_name, guest_roles)
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from harness.image.cache import Image
 from harness.inventory import InventoryLab, write_inventory
 from harness.lab import DEFAULT_LAB, Lab, ProgressFn
 from harness.report.live import LiveReport
+from harness.roles import Roles, RoleSpec
 from harness.runinfo import (
     base_info,
     make_run_dir,
@@ -70,8 +71,10 @@ class Session:
                 "remove them with `scalelab clean`"
             )
 
-    def recorder(self, scenario: str = "", n_guests: int = 0, lab: str = "") -> Recorder:
-        return self.store.scoped(scenario=scenario, n_guests=n_guests, lab=lab)
+    def recorder(self, scenario: str = "", n_guests: int = 0, lab: str = "",
+                 guest_roles: dict[str, str] | None = None) -> Recorder:
+        return self.store.scoped(scenario=scenario, n_guests=n_guests, lab=lab,
+                                 guest_roles=guest_roles or {})
 
     def lab_name(self, wanted: str) -> str:
         """``wanted``, or ``wanted-2``, ``-3``… if the run already has a lab of that name."""
@@ -83,8 +86,9 @@ class Session:
         return name
 
     def lab_up(self, n: int, *, scenario: str = "bringup", name: str = DEFAULT_LAB,
-               min_ready: float = 1.0, image: Image | None = None) -> Lab:
-        """Bring up a lab of ``n`` guests inside this run.
+               min_ready: float = 1.0, image: Image | None = None,
+               roles: RoleSpec | None = None) -> Lab:
+        """Bring up a lab of ``n`` guests inside this run (``roles`` dealt out over it).
 
         The default lab is the run's own (its files are the run directory's); any other
         ``name`` is a further lab with its directory under ``labs/`` and guests named
@@ -108,6 +112,8 @@ class Session:
         )
         self.labs.append(lab)
         lab.start(n, min_ready=min_ready)
+        if roles is not None:
+            lab.require_fleet().roles = lab.deal_roles(roles)
         if image is None:
             self.image = lab.image
         if main:
@@ -122,11 +128,22 @@ class Session:
 
         Called when a lab comes up and when side labs go down during the run; the labs taken
         down at the end of the run stay listed (the files say who was in the run)."""
-        labs = [InventoryLab(lab.name, lab.guests, lab.key_path) for lab in self.labs
-                if lab.up and lab.key_path is not None]
+        labs = [InventoryLab(lab.name, lab.guests, lab.key_path, lab.roles)
+                for lab in self.labs if lab.up and lab.key_path is not None]
         if labs:
             write_exports(self.run_dir, [(lab.guests, lab.key_path) for lab in labs])
             write_inventory(self.run_dir, labs)
+
+    def deal_roles(self, lab: Lab, spec: RoleSpec, names: list[str]) -> Roles:
+        """Roles for one scenario's guests; the inventory and run.json learn any new ones."""
+        before = lab.roles
+        roles = lab.deal_roles(spec, names)
+        if lab.roles != before:
+            self.info.setdefault("labs", {}).setdefault(lab.name, {})["roles"] = {
+                r: list(ns) for r, ns in lab.roles.members_of.items()}
+            write_run_json(self.run_dir, self.info)
+            self.write_exports()
+        return roles
 
     def finish(self, *, render: bool = True, outcome: dict[str, int] | None = None,
                tests: list[dict[str, Any]] | None = None) -> list[str]:

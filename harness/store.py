@@ -74,6 +74,9 @@ METRICS_SCHEMA = pa.schema(
         ("metric", pa.string()),
         ("value", pa.float64()),
         ("unit", pa.string()),
+        # How the report aggregates the metric over guests ("sum", "mean", "max", "p50"…);
+        # empty: chosen by unit (harness.report.results).
+        ("agg", pa.string()),
     ]
 )
 
@@ -143,11 +146,11 @@ class Context:
     #: The lab of rows recorded without a guest (a row with a guest carries that guest's).
     lab: str = ""
     lab_host: str = ""
+    #: guest name → its role(s) in this scenario ("server", "clients", "a+b"), for every row.
+    guest_roles: Mapping[str, str] = field(default_factory=dict)
 
 
 class Store:
-    #: guest name → its role(s) in this scenario ("server", "clients", "a+b"), for every row.
-    guest_roles: Mapping[str, str] = field(default_factory=dict)
     """Append-only timing and metric rows of one run directory."""
 
     def __init__(self, run_dir: Path, context: Context) -> None:
@@ -227,10 +230,10 @@ class Recorder:
             "n_guests": c.n_guests,
             "lab": self.store.guest_labs.get(guest or "", c.lab),
             "guest": guest or "",
+            "role": c.guest_roles.get(guest or "", ""),
             "lab_host": c.lab_host or self.store.lab_hosts.get(guest or "", ""),
         }
 
-            "role": c.guest_roles.get(guest or "", ""),
     def timing(
         self,
         op: str,
@@ -297,10 +300,12 @@ class Recorder:
         unit: str = "",
         guest: str | None = None,
         t_ns: int | None = None,
+        agg: str = "",
     ) -> None:
         row = self._base(guest)
         row.update(
-            t=time.time_ns() if t_ns is None else t_ns, metric=metric, value=value, unit=unit
+            t=time.time_ns() if t_ns is None else t_ns, metric=metric, value=value, unit=unit,
+            agg=agg,
         )
         self.store.add_metric(row)
 
@@ -383,6 +388,6 @@ def load_samples(run_dir: Path) -> pd.DataFrame:
 
 def _frame(table: pa.Table) -> pd.DataFrame:
     df: pd.DataFrame = table.to_pandas()
-    return df
     if "guest" in df.columns and "role" not in df.columns:
         df["role"] = ""  # a run stored before rows carried roles
+    return df

@@ -1,4 +1,5 @@
-"""Guest-to-guest network: every guest sends to the next one over the lab bridge at once."""
+"""Guest-to-guest network: half the guests receive, the others each stream to one of them,
+all at once over the lab bridge."""
 
 from __future__ import annotations
 
@@ -12,17 +13,19 @@ BYTES = 8 << 20
 AGENT = f"{REMOTE_DIR}/transfer.py"
 
 
+@pytest.mark.roles(receivers="50%", senders="rest")
 @pytest.mark.quorum(0.95)
 def test_guest_to_guest_transfer(agents: Agents, quorum: float) -> None:
-    names = agents.fleet.names
-    if len(names) < 2:
-        pytest.skip("a transfer between guests needs at least 2 guests")
     agents.deploy_builtin("transfer")
-    check_quorum(agents.serve("transfer-server", ["python3", AGENT, "serve", str(PORT)]), 1.0)
-    # Guest i sends to guest i+1: every link of the bridge carries one stream.
-    peer = {n: agents.fleet.guests[names[(i + 1) % len(names)]].spec.address
-            for i, n in enumerate(names)}
+    check_quorum(agents.serve("transfer-server", ["python3", AGENT, "serve", str(PORT)],
+                              role="receivers"), 1.0)
+    # Sender i streams to receiver i (modulo): every receiver's link carries a stream in,
+    # every sender's one out, all at once over the bridge.
+    receivers = [g.spec.address for g in agents.fleet.role("receivers").guests.values()]
+    senders = agents.fleet.role("senders").names
+    peer = {n: receivers[i % len(receivers)] for i, n in enumerate(senders)}
     group = agents.run_each(
-        "transfer", lambda n: ["python3", AGENT, "send", peer[n], str(PORT), str(BYTES)]
+        "transfer", lambda n: ["python3", AGENT, "send", peer[n], str(PORT), str(BYTES)],
+        role="senders",
     )
     check_quorum(group, quorum)

@@ -1,8 +1,8 @@
 """A real server under real load: nginx on one guest, wrk on the others, from a recipe image.
 
 The image (scenarios/recipes/nginx.toml) carries nginx and wrk, so no guest installs
-anything: every guest starts nginx as a recipe service, the first one serves, the other
-N-1 run wrk against it. Request rate and latency percentiles per client become metrics.
+anything: every guest starts nginx as a recipe service, the one of role ``server`` serves, the
+N-1 ``clients`` run wrk against it. Request rate and latency percentiles per client become metrics.
 """
 
 from __future__ import annotations
@@ -19,21 +19,20 @@ SECONDS = 3
 
 
 @pytest.mark.recipe("recipes/nginx.toml")
+@pytest.mark.roles(server=1, clients="rest")
 @pytest.mark.quorum(0.95)
 def test_nginx_under_wrk(agents: Agents, quorum: float) -> None:
-    names = agents.fleet.names
-    server, clients = names[0], names[1:] or names[:1]  # alone, the guest loads itself
-    address = agents.fleet.guests[server].spec.address
+    (server,) = agents.fleet.role("server").guests.values()
     # A row for the server guest: how long nginx took to answer (or why it did not).
-    ready = agents.wait_for_url("http://127.0.0.1/16k.txt", [server], timeout=10,
+    ready = agents.wait_for_url("http://127.0.0.1/16k.txt", role="server", timeout=10,
                                 op="nginx_ready")
     check_quorum(ready, 1.0)
-    agents.deploy(HERE / "recipes" / "wrk-report.lua", names=clients)
+    agents.deploy(HERE / "recipes" / "wrk-report.lua", role="clients")
     group = agents.run(
         "wrk",
         ["wrk", "-t1", "-c4", f"-d{SECONDS}s", "-s", f"{REMOTE_DIR}/wrk-report.lua",
-         f"http://{address}:80/16k.txt"],
-        names=clients,
+         f"http://{server.spec.address}:80/16k.txt"],
+        role="clients",
         timeout=SECONDS + 60,
     )
     check_quorum(group, quorum)

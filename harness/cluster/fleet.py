@@ -14,6 +14,7 @@ import paramiko
 from harness.backends.base import Guest
 from harness.cluster.connect import ShardHandle, ShardLost
 from harness.cluster.wire import Upload, dumps_function
+from harness.roles import Roles
 from harness.ssh import LOST, GroupResult, GuestError
 
 #: Called once per shard found lost during a call: (handle, what happened).
@@ -35,6 +36,7 @@ class ClusterFleet:
         self.on_lost = on_lost
         self.max_workers = max_workers
         self.lost: dict[str, int] = {}
+        self.roles = Roles()
 
     @property
     def names(self) -> list[str]:
@@ -46,7 +48,11 @@ class ClusterFleet:
         sub = ClusterFleet({n: self.routes[n] for n in keep}, {n: self.guests[n] for n in keep},
                            self.on_lost, self.max_workers)
         sub.lost = self.lost  # shared: a guest lost anywhere is lost everywhere
+        sub.roles = self.roles.restricted(keep)
         return sub
+
+    def role(self, name: str) -> ClusterFleet:
+        return self.subset(self.roles.members(name))
 
     def map(
         self,

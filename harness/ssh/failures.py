@@ -24,6 +24,8 @@ class Failure(enum.StrEnum):
     ERROR = "error"
     #: The guest answered, but as someone else (its first command's answer was wrong).
     IDENTITY = "identity"
+    #: The command ran, but what it left behind is unusable (not JSON, no result file).
+    OUTPUT = "output"
 
 
 # Module-level names, as callers have imported them since before the enum existed.

@@ -2,7 +2,8 @@
 
 An agent is a script (or a directory with an entry script) uploaded to every guest over
 SFTP and run there.  Each stdout line that parses as a JSON object with ``metric`` and
-``value`` becomes a metrics row (``unit`` and ``t`` — epoch seconds — are optional); every
+``value`` becomes a metrics row (``unit``, ``agg`` — how the report aggregates it over guests:
+``sum``, ``mean``, ``max``, ``p50``… — and ``t`` — epoch seconds — are optional); every
 other line is kept in the guest's agent log under ``<run>/guests/<guest>.<agent>.log``.
 Each run of an agent on a guest is also one timing row (op = the agent's name).
 """
@@ -24,6 +25,9 @@ import paramiko
 from harness.plumbing.result import CommandResult
 from harness.ssh import EXIT, FanOut, GroupResult, run_command
 from harness.store import Recorder
+from harness.workloads.collect import Gathered, fetch_files, json_results
+from harness.workloads.servers import Server, start_command, stop_command
+from harness.workloads.waits import WAIT_SCRIPT
 
 REMOTE_DIR = "/opt/scalelab/agents"
 #: Built-in agents shipped with the package (run with the guest's python3).
@@ -64,6 +68,7 @@ def parse_agent_output(text: str) -> ParsedOutput:
                         "metric": str(obj["metric"])[:200],
                         "value": value,
                         "unit": str(obj.get("unit", ""))[:32],
+                        "agg": str(obj.get("agg", ""))[:16],
                     }
                     t = obj.get("t")
                     if isinstance(t, int | float) and math.isfinite(t):
@@ -94,7 +99,7 @@ def record_results(
         parsed = parse_agent_output(res.stdout)
         for m in parsed.metrics:
             recorder.metric(m["metric"], m["value"], unit=m["unit"], guest=name,
-                            t_ns=m.get("t_ns", res.end_ns))
+                            t_ns=m.get("t_ns", res.end_ns), agg=m["agg"])
         if log_dir is not None and (parsed.log or res.stderr):
             safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in log_name or op)
             with (log_dir / f"{name}.{safe}.log").open("a", errors="replace") as f:
@@ -107,88 +112,6 @@ def record_results(
         recorder.timing(op, now, now, guest=name, phase=phase, ok=False,
                         error_class=err.error_class, error=err.message[:500])
     return group
-
-
-@dataclass(frozen=True)
-class Server:
-    """A server :meth:`Agents.serve` started in the background on some guests."""
-
-    op: str
-    names: tuple[str, ...]
-
-    @property
-    def log(self) -> str:
-        return f"/var/log/scalelab-{self.op}.log"
-
-    @property
-    def pidfile(self) -> str:
-        return f"/run/scalelab-{self.op}.pid"
-
-
-# The server runs in a session of its own (setsid), so stopping it reaches every process
-# it started. The shell that starts it is a process-group leader's child, so setsid needs
-# no fork and $! is the server itself. A zombie counts as gone.
-_ALIVE = ("alive() { kill -0 \"$1\" 2>/dev/null && "
-          "! grep -qs '^State:[[:space:]]*Z' /proc/\"$1\"/status; }; ")
-
-
-def _start_command(server: Server, argv: Sequence[str], ready_line: str, timeout: float) -> str:
-    log, pidfile, ready = (shlex.quote(x) for x in (server.log, server.pidfile, ready_line))
-    tries = max(1, int(timeout / 0.05))
-    return (
-        _ALIVE
-        + f"setsid nohup {shlex.join(argv)} > {log} 2>&1 < /dev/null & pid=$!; "
-        f"echo $pid > {pidfile}; "
-        f"for i in $(seq {tries}); do grep -q {ready} {log} && exit 0; "
-        f"if ! alive $pid; then wait $pid; st=$?; cat {log} >&2; "
-        f"echo \"the server exited (status $st) before it printed {ready}\" >&2; "
-        # The server's own last words are the reason; say them last when there are some.
-        f"[ -s {log} ] && tail -n 1 {log} >&2; exit 1; fi; "
-        f"sleep 0.05; done; cat {log} >&2; "
-        f"echo \"the server did not print {ready} within {timeout:g} s\" >&2; exit 1"
-    )
-
-
-def _stop_command(server: Server, grace: float) -> str:
-    log, pidfile = shlex.quote(server.log), shlex.quote(server.pidfile)
-    tries = max(1, int(grace / 0.05))
-    return (
-        _ALIVE
-        + f"[ -f {pidfile} ] || exit 0; pid=$(cat {pidfile}); "
-        f"kill -TERM -- -$pid 2>/dev/null || kill -TERM $pid 2>/dev/null; "
-        f"for i in $(seq {tries}); do alive $pid || break; sleep 0.05; done; "
-        f"alive $pid && kill -KILL -- -$pid 2>/dev/null; "
-        f"for i in $(seq 40); do alive $pid || break; sleep 0.05; done; "
-        f"rm -f {pidfile}; cat {log} 2>/dev/null; ! alive $pid"
-    )
-
-
-# Run by the guest's python3 (every image has it): polls until ``target`` answers or the
-# deadline passes, and on failure says why in its last stderr line (the row's reason), e.g.
-# "10.213.0.3:8080 did not answer within 5 s: [Errno 111] Connection refused".  The guest
-# polls rather than the host: a guest's own view (its loopback, its routes) is what counts,
-# and one SSH command per guest costs the same whether the wait is short or long.
-_WAIT_SCRIPT = """\
-import socket, sys, time, urllib.error, urllib.request
-kind, target, timeout = sys.argv[1], sys.argv[2], float(sys.argv[3])
-deadline = time.monotonic() + timeout
-while True:
-    left = max(0.05, min(1.0, deadline - time.monotonic()))
-    try:
-        if kind == "port":
-            host, port = target.rsplit(":", 1)
-            socket.create_connection((host.strip("[]"), int(port)), timeout=left).close()
-        else:
-            urllib.request.urlopen(target, timeout=left).close()
-        sys.exit(0)
-    except urllib.error.HTTPError as e:  # it answers, but not yet with a success
-        why = f"HTTP {e.code} {e.reason}"
-    except (OSError, ValueError) as e:
-        why = str(getattr(e, "reason", None) or e)
-    if time.monotonic() >= deadline:
-        sys.exit(f"{target} did not answer within {timeout:g} s: {why}")
-    time.sleep(0.1)
-"""
 
 
 class Agents:
@@ -209,8 +132,19 @@ class Agents:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def deploy(self, local: Path, names: Iterable[str] | None = None) -> str:
+    def targets(self, names: Iterable[str] | None = None,
+                role: str | None = None) -> list[str]:
+        """The guests a call is for: ``names``, or role ``role``'s, or every guest."""
+        if role is not None:
+            if names is not None:
+                raise ValueError("give names or role, not both")
+            return list(self.fleet.roles.members(role))
+        return list(self.fleet.names if names is None else names)
+
+    def deploy(self, local: Path, names: Iterable[str] | None = None, *,
+               role: str | None = None) -> str:
         """Upload a script or directory to every guest; returns its remote path."""
+        names = self.targets(names, role)
         remote = f"{REMOTE_DIR}/{local.name}"
         with self.recorder.measure("deploy", phase="setup") as m:
             self.fleet.run(f"mkdir -p {REMOTE_DIR}", names=names)
@@ -219,8 +153,9 @@ class Agents:
                 m.fail("deploy", "; ".join(str(e) for e in list(group.errors.values())[:3]))
         return remote
 
-    def deploy_builtin(self, name: str, names: Iterable[str] | None = None) -> str:
-        return self.deploy(builtin_path(name), names)
+    def deploy_builtin(self, name: str, names: Iterable[str] | None = None, *,
+                       role: str | None = None) -> str:
+        return self.deploy(builtin_path(name), names, role=role)
 
     def run(
         self,
@@ -228,20 +163,47 @@ class Agents:
         argv: Sequence[str],
         *,
         names: Iterable[str] | None = None,
+        role: str | None = None,
         timeout: float | None = 300.0,
     ) -> GroupResult:
-        """Run ``argv`` (quoted for the guest's shell) on the guests and record the results."""
-        group = self.fleet.run(shlex.join(argv), names=names, timeout=timeout)
+        """Run ``argv`` (quoted for the guest's shell) on the guests (``names``, or role
+        ``role``'s, or all) and record the results."""
+        group = self.fleet.run(shlex.join(argv), names=self.targets(names, role),
+                               timeout=timeout)
         return record_results(group, self.recorder, op, log_dir=self.log_dir)
 
     def python(
         self, name: str, *args: str | int, names: Iterable[str] | None = None,
-        timeout: float | None = 300.0, op: str | None = None,
+        role: str | None = None, timeout: float | None = 300.0, op: str | None = None,
     ) -> GroupResult:
         """Run built-in agent ``name`` with the guest's python3."""
         remote = f"{REMOTE_DIR}/{name}.py"
         return self.run(op or name, ["python3", remote, *map(str, args)], names=names,
-                        timeout=timeout)
+                        role=role, timeout=timeout)
+
+    def gather(
+        self, op: str, argv: Sequence[str], *, names: Iterable[str] | None = None,
+        role: str | None = None, timeout: float | None = 300.0,
+    ) -> Gathered:
+        """Run ``argv`` on the guests and parse what each prints as one JSON value (or its
+        last line as one): guest → value. A guest whose output is not JSON fails its row
+        (class ``output``, with the reason) like one whose command failed."""
+        group = self.fleet.run(shlex.join(argv), names=self.targets(names, role),
+                               timeout=timeout)
+        gathered = json_results(group)
+        record_results(group, self.recorder, op, log_dir=self.log_dir)
+        return gathered
+
+    def fetch(self, remote: str, names: Iterable[str] | None = None, *,
+              role: str | None = None) -> dict[str, Path]:
+        """Copy file ``remote`` back from every guest into the run's ``guests/<guest>/
+        <scenario>/`` folder; guest → local path. One ``fetch`` row per guest."""
+        if self.log_dir is None:
+            raise ValueError("these agents have no run directory to copy files into")
+        scenario = self.recorder.context.scenario or "files"
+        safe = "".join(c if c.isalnum() or c in "-_.=" else "_" for c in scenario)
+        return fetch_files(self.fleet, self.recorder, remote, self.log_dir,
+                           names=self.targets(names, role), subdir=safe)
 
     def run_each(
         self,
@@ -249,6 +211,7 @@ class Agents:
         argv_for: Callable[[str], Sequence[str]],
         *,
         names: Iterable[str] | None = None,
+        role: str | None = None,
         timeout: float | None = 300.0,
     ) -> GroupResult:
         """Like :meth:`run`, with a command line of its own for each guest."""
@@ -257,38 +220,39 @@ class Agents:
             return run_command(client, shlex.join(argv_for(name)), timeout=timeout,
                                guest=name)
 
-        return record_results(self.fleet.map(one, names), self.recorder, op,
-                              log_dir=self.log_dir)
+        return record_results(self.fleet.map(one, self.targets(names, role)), self.recorder,
+                              op, log_dir=self.log_dir)
 
     def wait_for_port(
         self, port: int, names: Iterable[str] | None = None, timeout: float = 10.0, *,
-        host: str = "127.0.0.1", op: str | None = None,
+        host: str = "127.0.0.1", op: str | None = None, role: str | None = None,
     ) -> GroupResult:
         """Wait until a TCP connection to ``host:port`` succeeds from each guest (its own
         loopback by default), for at most ``timeout`` seconds; one row per guest
         (op ``wait_port_<port>`` unless given), a failure with the last reason it saw."""
         target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        return self._wait("port", target, names, timeout, op or f"wait_port_{port}")
+        return self._wait("port", target, self.targets(names, role), timeout,
+                          op or f"wait_port_{port}")
 
     def wait_for_url(
         self, url: str, names: Iterable[str] | None = None, timeout: float = 10.0, *,
-        op: str = "wait_url",
+        op: str = "wait_url", role: str | None = None,
     ) -> GroupResult:
         """Wait until ``url`` answers each guest with a success (an HTTP status below 400;
         a 503 while a service starts is waited through), for at most ``timeout`` seconds;
         one row per guest, a failure with the last reason it saw."""
-        return self._wait("url", url, names, timeout, op)
+        return self._wait("url", url, self.targets(names, role), timeout, op)
 
     def _wait(self, kind: str, target: str, names: Iterable[str] | None, timeout: float,
               op: str) -> GroupResult:
         # The SSH command gets a margin over the guest's own deadline, so a slow guest
         # fails with its own reason rather than the fan-out's timeout.
-        return self.run(op, ["python3", "-c", _WAIT_SCRIPT, kind, target, f"{timeout:g}"],
+        return self.run(op, ["python3", "-c", WAIT_SCRIPT, kind, target, f"{timeout:g}"],
                         names=names, timeout=timeout + 30)
 
     def serve(
         self, op: str, argv: Sequence[str], *, names: Iterable[str] | None = None,
-        ready_line: str = "listening", timeout: float = 10.0,
+        role: str | None = None, ready_line: str = "listening", timeout: float = 10.0,
     ) -> GroupResult:
         """Start a server in the background on the guests and wait until each prints
         ``ready_line``; one ``<op>_start`` row per guest.
@@ -299,9 +263,9 @@ class Agents:
         until :meth:`stop_servers` or :meth:`close` (the ``agents`` fixture calls it when
         the test ends, whatever its outcome).
         """
-        server = Server(op, tuple(self.fleet.names if names is None else names))
+        server = Server(op, tuple(self.targets(names, role)))
         self.servers.append(server)  # even a failed start may have left a process
-        group = self.fleet.run(_start_command(server, argv, ready_line, timeout),
+        group = self.fleet.run(start_command(server, argv, ready_line, timeout),
                                names=server.names, timeout=timeout + 10)
         return record_results(group, self.recorder, f"{op}_start", phase="setup")
 
@@ -313,7 +277,7 @@ class Agents:
         while self.servers:
             server = self.servers.pop()
             names = [n for n in server.names if n in self.fleet.names]
-            group = self.fleet.run(_stop_command(server, grace), names=names,
+            group = self.fleet.run(stop_command(server, grace), names=names,
                                    timeout=grace + 15)
             record_results(group, self.recorder, f"{server.op}_stop", phase="teardown",
                            log_dir=self.log_dir, log_name=server.op)
