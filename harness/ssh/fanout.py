@@ -4,6 +4,7 @@ which a failed guest is an entry, not an exception that loses the others' result
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -15,8 +16,8 @@ import paramiko
 
 from harness.backends.base import Guest
 from harness.roles import Roles
-from harness.ssh.commands import run_on
 from harness.ssh.failures import Failure, GuestError, classify
+from harness.ssh.sessions import put_tree, run_command, start_all
 
 
 @dataclass
@@ -163,30 +164,39 @@ class Fleet:
             n: self._pool.submit(func, n, self.clients[n]) for n in targets if n not in self.lost
         }
         for n, fut in futures.items():
-            try:
-                group.results[n] = fut.result()
-            except Exception as exc:
-                err = exc if isinstance(exc, GuestError) else GuestError(n, classify(exc), str(exc))
-                group.errors[n] = err
-                if err.error_class == Failure.LOST:
-                    self.lost.setdefault(n, time.time_ns())
+            self._settle(group, n, fut.result)
         return group
+
+    def _settle(self, group: GroupResult, name: str, result: Callable[[], Any]) -> None:
+        """``result()`` into ``group``, its error classified (a lost guest is lost here on)."""
+        try:
+            group.results[name] = result()
+        except Exception as exc:
+            err = exc if isinstance(exc, GuestError) else GuestError(name, classify(exc), str(exc))
+            group.errors[name] = err
+            if err.error_class == Failure.LOST:
+                self.lost.setdefault(name, time.time_ns())
 
     def run(self, command: str, *, timeout: float | None = 60.0,
             names: Iterable[str] | None = None) -> GroupResult:
-        """Run ``command`` on every guest; each result is a CommandResult."""
-        return self.map(lambda n, c: run_on(c, command, timeout=timeout, guest=n), names)
+        """Run ``command`` on every guest; each result is a CommandResult.
+
+        Guests with a live executor session get it all at once from this thread (one frame
+        each); the others (a session to open, or exec channels) go through the pool."""
+        targets = list(self.names if names is None else names)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pending = start_all(self.clients, [n for n in targets if n not in self.lost], command,
+                            timeout)
+        group = self.map(lambda n, c: run_command(c, command, timeout=timeout, guest=n),
+                         [n for n in targets if n not in pending])
+        for n, p in pending.items():
+            self._settle(group, n, functools.partial(p.result, deadline))
+        return group
 
     def put(self, local: Path, remote: str, *, mode: int | None = None,
             names: Iterable[str] | None = None) -> GroupResult:
-        """Upload a file or a directory tree to every guest over SFTP."""
-
-        def upload(name: str, client: paramiko.SSHClient) -> str:
-            with client.open_sftp() as sftp:
-                _sftp_put(sftp, local, remote, mode)
-            return remote
-
-        return self.map(upload, names)
+        """Upload a file or a directory tree to every guest (its session, else SFTP)."""
+        return self.map(lambda n, c: put_tree(c, local, remote, mode, guest=n), names)
 
     def lose(self, name: str) -> None:
         self.lost.setdefault(name, time.time_ns())
@@ -201,17 +211,3 @@ class Fleet:
         for c in self.clients.values():
             with contextlib.suppress(Exception):
                 c.close()
-
-
-def _sftp_put(sftp: paramiko.SFTPClient, local: Path, remote: str, mode: int | None) -> None:
-    """``local`` to ``remote``, a tree recursively; each file keeps its own mode, except a
-    single file given ``mode``."""
-    if local.is_dir():
-        with contextlib.suppress(OSError):  # already there: uploads are idempotent
-            sftp.mkdir(remote)
-        for child in sorted(local.iterdir()):
-            _sftp_put(sftp, child, f"{remote}/{child.name}", None)
-        return
-    sftp.put(str(local), remote)
-    st_mode = mode if mode is not None else (local.stat().st_mode & 0o777)
-    sftp.chmod(remote, st_mode)
