@@ -23,6 +23,7 @@ from harness.faults import Nemesis
 from harness.image.ensure import ensure_image
 from harness.lab import DEFAULT_LAB, Lab
 from harness.preflight import preflight_lab
+from harness.progress import TerminalProgress
 from harness.roles import Roles, RolesDontFit, RoleSpec
 from harness.session import Session
 from harness.ssh import FanOut
@@ -153,52 +154,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         tr.write_line(f"scalelab: report in {s.run_dir}/index.html")
 
 
-# -- progress ------------------------------------------------------------------------------
-
-
-class _Progress:
-    """One line rewritten in place on a terminal (pytest-xdist style), milestones elsewhere."""
-
-    def __init__(self, config: pytest.Config) -> None:
-        self.tr = config.pluginmanager.get_plugin("terminalreporter")
-        self.capman = config.pluginmanager.get_plugin("capturemanager")
-        self.tty = bool(self.tr is not None and self.tr.isatty())
-        self._last_milestone = -1
-
-    def _write(self, text: str, *, rewrite: bool) -> None:
-        if self.tr is None:
-            return
-        ctx = self.capman.global_and_fixture_disabled() if self.capman else _null()
-        with ctx:
-            if rewrite:
-                self.tr.rewrite(text, erase=True)
-            else:
-                self.tr.write_line(text)
-
-    def __call__(self, total: int, started: int, ready: int, failed: int) -> None:
-        line = f"bringing up {total}: {started} started, {ready} ssh-ready"
-        if failed:
-            line += f", {failed} failed"
-        done = ready + failed == total
-        if self.tty:
-            self._write(line, rewrite=True)
-            if done:
-                self._write("", rewrite=False)
-            return
-        # Plain output: one line when every guest is started, one when all are settled.
-        if done or (started == total and self._last_milestone < 0):
-            self._last_milestone = ready + failed
-            self._write(line, rewrite=False)
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *a: object) -> None:
-        return None
-
-
 # -- fixtures ------------------------------------------------------------------------------
 
 
@@ -218,14 +173,14 @@ def scalelab_session(request: pytest.FixtureRequest, lab_config: LabConfig) -> S
     # SIGTERM must unwind like Ctrl-C so that every guest is taken down.
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, _sigterm)
-    progress = _Progress(request.config)
+    progress = TerminalProgress(request.config)
     try:
         image = preflight_lab(lab_config, lab_config.max_guests)
         s = Session(lab_config, progress=progress, image=image)
     except UserError as err:
         pytest.exit(f"scalelab: {err}", returncode=pytest.ExitCode.USAGE_ERROR)
     request.config.stash[_SESSION_KEY] = s
-    s.warn_leftovers(lambda m: progress._write(m, rewrite=False))
+    s.warn_leftovers(lambda m: progress.write(m, rewrite=False))
     return s
 
 
