@@ -198,15 +198,17 @@ class Nemesis:
 
     def _shape(self, guest: Guest, *, add: Shaping | None = None,
                remove: Shaping | None = None) -> None:
-        """Change one guest's list of shapings and give the backend the whole new list."""
+        """Change one guest's list of shapings and give the backend the whole new list
+        (kept only once the backend has made it real)."""
         with self._lock:
-            mine = self.shaping.setdefault(guest.name, [])
-            if add is not None:
-                mine.append(add)
-            if remove is not None and remove in mine:
-                mine.remove(remove)
-            current = list(mine)
+            current = list(self.shaping.get(guest.name, []))
+        if add is not None:
+            current.append(add)
+        if remove is not None and remove in current:
+            current.remove(remove)
         inject(self.backend, FaultAction.DEGRADE, [guest], shaping=current, shell=self._shell)
+        with self._lock:
+            self.shaping[guest.name] = current
 
     def _unshape(self, guests: Sequence[Guest], rules: dict[str, Shaping]) -> None:
         for g in guests:

@@ -2,6 +2,7 @@
 """Guest-to-guest UDP probes: loss, duplication and round-trip time, as metric lines.
 
     netprobe.py echo PORT                          # answer every datagram with itself
+                                                   # (says "listening" once it can)
     netprobe.py probe HOST PORT COUNT INTERVAL WAIT
 
 ``probe`` sends COUNT numbered datagrams, one every INTERVAL seconds, reading answers as
@@ -27,6 +28,7 @@ _FMT = "!Id"  # probe number, send time (perf_counter seconds)
 def echo(port: int) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("0.0.0.0", port))
+    print("listening", flush=True)  # what Agents.serve waits for
     while True:
         data, peer = sock.recvfrom(2048)
         sock.sendto(data, peer)
