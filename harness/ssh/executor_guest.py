@@ -83,11 +83,21 @@ def plain_argv(command: str, path: str) -> list[str] | None:
     return None if exe is None else [exe, *words[1:]]
 
 
+#: (name, PATH) → where it was found: a fan-out runs the same few commands over and over,
+#: and each PATH search is a stat per directory.  A program that has gone since fails its
+#: spawn, which drops the entry and leaves the command to the shell.
+_FOUND: dict[tuple[str, str], str] = {}
+
+
 def _which(name: str, path: str) -> str | None:
+    hit = _FOUND.get((name, path))
+    if hit is not None:
+        return hit
     candidates = [name] if "/" in name else [os.path.join(d or ".", name)
                                              for d in path.split(":")]
     for c in candidates:
         if os.path.isfile(c) and os.access(c, os.X_OK):
+            _FOUND[(name, path)] = c
             return c
     return None
 
@@ -136,6 +146,9 @@ class Executor:
         self.home = os.environ.get("HOME") or me.pw_dir or "/"
         self.env = dict(os.environ)
         self.env.pop("_", None)  # the bootstrap's shell set it to python3
+        self.cwd = self.home if os.path.isdir(self.home) else "/"
+        os.chdir(self.cwd)
+        self.null = os.open(os.devnull, os.O_RDONLY)  # every stdin-less command's stdin
         # SIGCHLD wakes the loop through a pipe (pidfds are newer than some guest kernels).
         self.wake_r, wake_w = os.pipe()
         os.set_blocking(wake_w, False)
@@ -205,44 +218,63 @@ class Executor:
         timeout = meta.get("timeout")
         job = Job(rid, int(meta.get("cap", 16 << 20)),
                   None if timeout is None else time.monotonic() + float(timeout))
-        env = dict(self.env)
-        env.update(meta.get("env") or {})
-        argv = meta.get("argv") or plain_argv(str(meta["shell"]), env.get("PATH", ""))
+        env = self.env
+        if meta.get("env"):
+            env = dict(self.env)
+            env.update(meta["env"])
+        argv = meta.get("argv")
         if argv is None:
-            argv = [self.shell, "-c", str(meta["shell"])]
-        cwd = os.getcwd()
-        os.chdir(meta.get("cwd") or self.home)  # one thread: safe to chdir around the spawn
-        fds = [os.pipe() for _ in range(3)]  # non-inheritable until dup2'd onto 0, 1, 2
+            argv = plain_argv(str(meta["shell"]), env.get("PATH", ""))
+            if argv is None:
+                argv = [self.shell, "-c", str(meta["shell"])]
+        cwd = meta.get("cwd") or self.cwd
+        if cwd != self.cwd and not os.path.isdir(cwd):
+            raise NotADirectoryError(f"no directory {cwd}")  # the request's error, not 127
         try:
-            exe = argv[0] if "/" in argv[0] else _which(argv[0], env.get("PATH", ""))
-            job.pid = os.posix_spawn(
-                exe or argv[0], argv, env, setsid=True,
-                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD),
-                file_actions=[(os.POSIX_SPAWN_DUP2, fds[0][0], 0),
-                              (os.POSIX_SPAWN_DUP2, fds[1][1], 1),
-                              (os.POSIX_SPAWN_DUP2, fds[2][1], 2)])
+            job.pid = self.spawn(argv, env, cwd, job, payload)
         except OSError as exc:
-            for r, w in fds:
-                os.close(r)
-                os.close(w)
+            if isinstance(exc, FileNotFoundError) and meta.get("argv") is None:
+                _FOUND.clear()  # a program found before has gone: let the shell say so
             job.status = 127 if isinstance(exc, FileNotFoundError) else 126
             job.err += f"scalelab executor: {argv[0]}: {exc.strerror or exc}\n".encode()
             self.send(job.reply())
             return
-        finally:
-            os.chdir(cwd)
-        os.close(fds[0][0])
-        os.close(fds[1][1])
-        os.close(fds[2][1])
         self.jobs[rid], self.pids[job.pid] = job, job
-        for fd, stream in ((fds[1][0], 1), (fds[2][0], 2)):
-            self.watch(job, fd, stream, selectors.EVENT_READ)
-        job.stdin = memoryview(payload)
-        if job.stdin:
-            os.set_blocking(fds[0][1], False)
-            self.watch(job, fds[0][1], 0, selectors.EVENT_WRITE)
-        else:
-            os.close(fds[0][1])
+
+    def spawn(self, argv: list[str], env: dict[str, str], cwd: str, job: Job,
+              payload: bytes) -> int:
+        """Start ``argv`` in a session of its own, its output on pipes watched by the loop."""
+        if cwd != self.cwd:  # one thread: safe to chdir around the spawn
+            os.chdir(cwd)
+        out, err = os.pipe(), os.pipe()  # non-inheritable until dup2'd onto 1 and 2
+        stdin = os.pipe() if payload else (self.null, -1)
+        try:
+            exe = argv[0] if "/" in argv[0] else (_which(argv[0], env.get("PATH", ""))
+                                                  or argv[0])
+            pid = os.posix_spawn(
+                exe, argv, env, setsid=True,
+                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD),
+                file_actions=[(os.POSIX_SPAWN_DUP2, stdin[0], 0),
+                              (os.POSIX_SPAWN_DUP2, out[1], 1),
+                              (os.POSIX_SPAWN_DUP2, err[1], 2)])
+        except OSError:
+            for fd in (out[0], err[0], stdin[1]):
+                if fd >= 0:
+                    os.close(fd)
+            raise
+        finally:
+            for fd in (out[1], err[1], stdin[0]):
+                if fd != self.null:
+                    os.close(fd)
+            if cwd != self.cwd:
+                os.chdir(self.cwd)
+        self.watch(job, out[0], 1, selectors.EVENT_READ)
+        self.watch(job, err[0], 2, selectors.EVENT_READ)
+        if payload:
+            job.stdin = memoryview(payload)
+            os.set_blocking(stdin[1], False)
+            self.watch(job, stdin[1], 0, selectors.EVENT_WRITE)
+        return pid
 
     def watch(self, job: Job, fd: int, stream: int, events: int) -> None:
         job.open_fds.add(fd)
