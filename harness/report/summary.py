@@ -223,10 +223,13 @@ def failures(
     )
     groups: list[FailureGroup] = []
     for cls, g in bad.groupby("error_class", sort=False, observed=True):
-        where = g.groupby(["phase", "op"], observed=True).size().sort_values(ascending=False)
+        # The role says which side failed (the server's start, or the clients' load).
+        role = g["role"].astype(object).fillna("").astype(str) if "role" in g else ""
+        where = (g.assign(role=role).groupby(["phase", "op", "role"], observed=True).size()
+                 .sort_values(ascending=False))
         where_text = ", ".join(
-            f"{phase}/{op} ×{c}"
-            for (phase, op), c in zip(where.index.tolist(), where.tolist(), strict=True)
+            f"{phase}/{op}{f' ({r})' if r else ''} ×{c}"
+            for (phase, op, r), c in zip(where.index.tolist(), where.tolist(), strict=True)
         )
         examples = [e for e in g["error"].drop_duplicates().head(max_examples) if e]
         per = (
