@@ -131,3 +131,17 @@ def test_compare_missing_run_is_one_clear_line(runs: dict[str, Path], tmp_path: 
     one_clear_line(res, "does not exist")
     assert res.returncode == 2  # bad input, not a regression (1)
     assert not (tmp_path / "missing").exists()  # nothing made for a run that is not there
+
+
+def test_compare_fail_on_regression_exits_1_on_a_headline_drop(tmp_path: Path) -> None:
+    from report.synthsweep import SweepSpec, make_sweep
+
+    a = make_sweep(tmp_path / "a", SweepSpec(run_id="sweep-a"))
+    b = make_sweep(tmp_path / "b", SweepSpec(run_id="sweep-b", rate_factor=0.8))
+    res = scalelab("compare", str(a), str(b), "--out", str(tmp_path / "cmp"),
+                   "--fail-on-regression")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "requests_per_s (headline)" in res.stdout and "(-20.0 %)" in res.stdout
+    same = scalelab("compare", str(a), str(a), "--out", str(tmp_path / "cmp2"),
+                    "--fail-on-regression")
+    assert same.returncode == 0 and "no regression beyond 10%" in same.stdout

@@ -14,6 +14,8 @@ from matplotlib.figure import Figure
 from harness.errors import UserError
 from harness.report.export import PlotFile, save_figure, slug
 from harness.report.plots.figure import latency_unit, n_axis, new_figure
+from harness.report.regression import Regression, fmt_value
+from harness.report.resultcompare import ResultChange, compare_results, results_text
 from harness.report.rundata import RunData, load_run
 from harness.report.summary import series_stats
 from harness.report.templating import environment, write_page
@@ -24,26 +26,10 @@ COMPARE_TEXT = "compare.txt"
 
 #: metric → True when a larger value is worse.
 METRICS: dict[str, bool] = {"p50": True, "p95": True, "throughput": False}
-_UNITS = {"p50": "latency", "p95": "latency", "throughput": "ops/s"}
+#: The share of successful operations: a drop beyond the threshold is a regression too.
+SUCCESS = "success_rate"
 
-
-@dataclass(frozen=True)
-class Regression:
-    """One metric of one (scenario, N) that got worse by more than the threshold."""
-
-    scenario: str
-    n_guests: int
-    metric: str
-    before: float
-    after: float
-    change: float  # relative: (after - before) / before
-
-    def __str__(self) -> str:
-        return (
-            f"{self.scenario} N={self.n_guests}: {self.metric} "
-            f"{_fmt(self.metric, self.before)} → {_fmt(self.metric, self.after)} "
-            f"({self.change * 100:+.1f} %)"
-        )
+__all__ = ["METRICS", "CompareResult", "CompareRow", "Regression", "compare_runs"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +64,7 @@ class CompareResult:
     threshold: float
     regressions: list[Regression]
     rows: list[CompareRow]
+    results: list[ResultChange]
     text: str
     html_path: Path
     text_path: Path
@@ -86,14 +73,6 @@ class CompareResult:
     @property
     def ok(self) -> bool:
         return not self.regressions
-
-
-def _fmt(metric: str, value: float | None) -> str:
-    if value is None or math.isnan(value):
-        return "–"
-    if _UNITS[metric] == "ops/s":
-        return f"{value:,.1f}/s"
-    return f"{value * 1000:.3g} ms" if value < 1 else f"{value:.3f} s"
 
 
 def _num(value: Any) -> float | None:
@@ -138,6 +117,12 @@ def compare_stats(
         for m in flagged:
             regressions.append(Regression(title, n, m, a[m] or 0.0, b[m] or 0.0, change[m] or 0.0))
         in_a, in_b = r["_merge"] != "right_only", r["_merge"] != "left_only"
+        sa, sb = _num(r["success_rate_a"]), _num(r["success_rate_b"])
+        success_change = relative_change(sa, sb)
+        if success_change is not None and success_change < -threshold:
+            flagged = (*flagged, SUCCESS)
+            regressions.append(Regression(title, n, SUCCESS, sa or 0.0, sb or 0.0,
+                                          success_change))
         rows.append(
             CompareRow(
                 scenario=title,
@@ -145,8 +130,8 @@ def compare_stats(
                 n_guests=n,
                 count_a=int(r["count_a"]) if in_a else None,
                 count_b=int(r["count_b"]) if in_b else None,
-                success_a=_num(r["success_rate_a"]) if in_a else None,
-                success_b=_num(r["success_rate_b"]) if in_b else None,
+                success_a=sa if in_a else None,
+                success_b=sb if in_b else None,
                 a=a,
                 b=b,
                 change=change,
@@ -162,12 +147,14 @@ def compare_text(
     rows: list[CompareRow],
     regressions: list[Regression],
     threshold: float,
+    results: list[ResultChange],
 ) -> str:
     """The plain-text table printed by ``scalelab compare`` and written to compare.txt."""
     lines = [
         f"scalelab compare: A = {run_a.run_id} ({run_a.run_dir})",
         f"                  B = {run_b.run_id} ({run_b.run_dir})",
-        f"regression threshold: {threshold:.0%} (latency up or throughput down)",
+        f"regression threshold: {threshold:.0%} (latency up, throughput, success rate or an "
+        "agent's rate down)",
         "",
     ]
     head = (
@@ -179,7 +166,7 @@ def compare_text(
         for m in METRICS:
             ch = row.change[m]
             delta = f" ({ch * 100:+.0f}%)" if ch is not None else ""
-            cells.append(f"{_fmt(m, row.a[m])} → {_fmt(m, row.b[m])}{delta}")
+            cells.append(f"{fmt_value(m, row.a[m])} → {fmt_value(m, row.b[m])}{delta}")
         flag = "WORSE " + ",".join(row.flagged) if row.flagged else ""
         if row.presence != "both":
             flag = row.presence
@@ -187,6 +174,7 @@ def compare_text(
             f"{row.scenario[:34]:<34} {row.n_guests:>5}  {cells[0]:<26} {cells[1]:<26} "
             f"{cells[2]:<30} {flag}".rstrip()
         )
+    lines += results_text(results)
     lines.append("")
     if regressions:
         lines.append(f"{len(regressions)} regression(s) beyond {threshold:.0%}:")
@@ -226,8 +214,9 @@ def compare_figure(a: pd.DataFrame, b: pd.DataFrame, title: str) -> Figure | Non
 def compare_runs(run_a: Path, run_b: Path, out_dir: Path, threshold: float = 0.10) -> CompareResult:
     """Compare run B against run A; write ``compare.html`` and ``compare.txt`` into ``out_dir``.
 
-    A (scenario, N) regresses when its p50 or p95 latency grows, or its throughput shrinks, by
-    more than ``threshold`` (0.10 = 10 %).
+    A (scenario, N) regresses when its p50 or p95 latency grows, or its throughput or success
+    rate shrinks, by more than ``threshold`` (0.10 = 10 %); so does an agent metric (its
+    headline first) whose rate drops or whose latency rises by more than that.
     """
     if not 0 <= threshold < 10:
         raise UserError(f"compare threshold must be a fraction such as 0.1, got {threshold}")
@@ -235,7 +224,11 @@ def compare_runs(run_a: Path, run_b: Path, out_dir: Path, threshold: float = 0.1
     b = load_run(Path(run_b), rebuild_parquet=False)
     stats_a, stats_b = series_stats(a.timings), series_stats(b.timings)
     rows, regressions = compare_stats(stats_a, stats_b, threshold)
-    text = compare_text(a, b, rows, regressions, threshold)
+    results, result_regressions = compare_results(a, b, threshold)
+    # The headlines' regressions first: they are what the scenarios are about.
+    regressions = [r for r in result_regressions if r.headline] + regressions + [
+        r for r in result_regressions if not r.headline]
+    text = compare_text(a, b, rows, regressions, threshold, results)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -259,6 +252,7 @@ def compare_runs(run_a: Path, run_b: Path, out_dir: Path, threshold: float = 0.1
         threshold=threshold,
         rows=rows,
         regressions=regressions,
+        results=results,
         metrics=list(METRICS),
         plots=plots,
         generated=dt.datetime.now(dt.UTC),
@@ -270,6 +264,7 @@ def compare_runs(run_a: Path, run_b: Path, out_dir: Path, threshold: float = 0.1
         threshold=threshold,
         regressions=regressions,
         rows=rows,
+        results=results,
         text=text,
         html_path=html_path,
         text_path=text_path,

@@ -161,3 +161,44 @@ def test_scenario_only_in_one_run(
     result = compare_runs(runs["base"], other, tmp_path / "out")
     assert result.ok  # nothing comparable got worse
     assert {row.presence for row in result.rows} == {"only in A", "only in B"}
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The saturating sweep as it was, with every rate 20 % lower, and with a quarter of the
+    guests failing (success 100 % → 75 % from N=4 on)."""
+    from report.synthsweep import SweepSpec, make_sweep
+
+    root = tmp_path_factory.mktemp("sweeps")
+    specs = {"base": SweepSpec(run_id="sweep-base"),
+             "slower": SweepSpec(run_id="sweep-slower", rate_factor=0.8),
+             "failing": SweepSpec(run_id="sweep-failing", success=0.75)}
+    return {name: make_sweep(root / name, spec) for name, spec in specs.items()}
+
+
+def test_a_20_percent_drop_of_the_headline_rate_is_flagged(
+        sweeps: dict[str, Path], tmp_path: Path) -> None:
+    result = compare_runs(sweeps["base"], sweeps["slower"], tmp_path)
+    assert not result.ok
+    heads = [r for r in result.regressions if r.headline]
+    assert {(r.scenario, r.metric, r.n_guests) for r in heads} == {
+        ("test_load", "requests_per_s", n) for n in (1, 2, 4, 8, 16)}
+    assert all(r.change == pytest.approx(-0.2) for r in heads)
+    assert result.regressions[: len(heads)] == heads  # the headline's come first
+    # The harness operation did not change: nothing else is flagged.
+    assert result.regressions == heads
+    assert "requests_per_s (headline) 800 req/s → 640 req/s (-20.0 %)" in result.text
+    html = result.html_path.read_text()
+    assert html.count("requests_per_s ★") == 5
+    # Under a 25 % threshold a 20 % drop is not a regression.
+    assert compare_runs(sweeps["base"], sweeps["slower"], tmp_path / "t", threshold=0.25).ok
+
+
+def test_a_success_rate_drop_is_flagged(sweeps: dict[str, Path], tmp_path: Path) -> None:
+    result = compare_runs(sweeps["base"], sweeps["failing"], tmp_path)
+    success = {(r.n_guests, round(r.after, 3)) for r in result.regressions
+               if r.metric == "success_rate"}
+    assert success == {(4, 0.75), (8, 0.75), (16, 0.75)}
+    bad = {row.n_guests for row in result.rows if "success_rate" in row.flagged}
+    assert bad == {4, 8, 16}
+    assert "success_rate 100.0 % → 75.0 % (-25.0 %)" in result.text

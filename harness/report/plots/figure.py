@@ -75,7 +75,7 @@ def time_decorations(
     faults = _in_window(faults, start, end)
     if not faults.empty and "error" in faults:
         # A degradation's band is labelled with its parameters ("degrade: delay 100ms, ...").
-        op, detail = faults["op"].astype(str), faults["error"].fillna("").astype(str)
+        op, detail = faults["op"].astype(str), faults["error"].astype(object).fillna("").astype(str)
         faults = faults.assign(op=op.where(op != "degrade", op + ": " + detail))
     handles = fault_bands(ax, faults)
     lost_in = lost[(lost["start"] >= start) & (lost["start"] <= end)] if not lost.empty else lost
