@@ -14,6 +14,7 @@ AGENT = f"{REMOTE_DIR}/reqload.py"
 
 
 @pytest.mark.roles(server=1, clients="rest")
+@pytest.mark.headline("request_rate")
 @pytest.mark.quorum(0.95)
 def test_client_server_load(agents: Agents, quorum: float) -> None:
     agents.deploy_builtin("reqload")
