@@ -14,6 +14,7 @@ AGENT = f"{REMOTE_DIR}/transfer.py"
 
 
 @pytest.mark.roles(receivers="50%", senders="rest")
+@pytest.mark.headline("transfer_throughput")
 @pytest.mark.quorum(0.95)
 def test_guest_to_guest_transfer(agents: Agents, quorum: float) -> None:
     agents.deploy_builtin("transfer")
