@@ -20,6 +20,7 @@ SECONDS = 3
 
 @pytest.mark.recipe("recipes/nginx.toml")
 @pytest.mark.roles(server=1, clients="rest")
+@pytest.mark.headline("wrk_request_rate")
 @pytest.mark.quorum(0.95)
 def test_nginx_under_wrk(agents: Agents, quorum: float) -> None:
     (server,) = agents.fleet.role("server").guests.values()
