@@ -8,6 +8,7 @@ from harness.quorum import check_quorum
 from harness.workloads import Agents
 
 
+@pytest.mark.headline("hash_rate")
 @pytest.mark.quorum(0.95)
 def test_cpu_contention(agents: Agents, quorum: float) -> None:
     agents.deploy_builtin("cpu")
