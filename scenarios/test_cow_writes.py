@@ -11,6 +11,7 @@ from harness.store import Recorder
 from harness.workloads import Agents
 
 
+@pytest.mark.headline("write_throughput")
 @pytest.mark.quorum(0.95)
 def test_cow_writes(agents: Agents, lab: Lab, recorder: Recorder, quorum: float) -> None:
     agents.deploy_builtin("cowwrite")
