@@ -158,10 +158,13 @@ def test_bringup_phases_recorded(lab: Lab) -> None:
 
 
 def test_telemetry_sees_a_vm_burn_cpu_and_send(session: Session, lab: Lab) -> None:
-    """The QEMU process's CPU and the tap's counters, as the sampler reads them (TCG)."""
+    """The QEMU process's CPU, the tap's counters and the drives' (QMP), as the sampler
+    reads them (TCG)."""
     burner, other = lab.guests[0], lab.guests[1]
     t0 = time.time_ns()
     run_ok(lab, burner.name, "timeout 4 sh -c 'while :; do :; done' || true")
+    # 8 MiB down to the writable disk (the overlay's upper layer), none to the image.
+    run_ok(lab, burner.name, "dd if=/dev/zero of=/root/blocks bs=1M count=8 conv=fsync")
     # 8 MiB from one VM to the other across the lab bridge (its tap, then the other's).
     agents = Agents(lab.require_fleet(), session.recorder("qemu-transfer", N))
     agents.deploy_builtin("transfer")
@@ -176,6 +179,9 @@ def test_telemetry_sees_a_vm_burn_cpu_and_send(session: Session, lab: Lab) -> No
     assert growth(df, burner.name, "cpu_seconds", t0, t1) > 2.0  # 4 s busy: about a core
     assert growth(df, burner.name, "net_tx_bytes", t0, t1) >= 8 << 20
     assert growth(df, other.name, "net_rx_bytes", t0, t1) >= 8 << 20
+    assert growth(df, burner.name, "disk_written_bytes", t0, t1, item="upper") >= 8 << 20
+    assert growth(df, burner.name, "disk_written_bytes", t0, t1, item="image") == 0
+    assert growth(df, other.name, "disk_written_bytes", t0, t1, item="upper") < 8 << 20
     assert (df[(t >= t0) & (t <= t1)]["guest"] == other.name).any()
 
 

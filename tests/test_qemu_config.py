@@ -181,8 +181,8 @@ OLD_ARGV_DEFAULT_TAP = [
     "-append", "console=ttyS0 root=/dev/vda ro rootfstype=ext4 panic=-1 edd=off "
     "net.ifnames=0 hostname=g001 ip=10.213.9.3:::255.255.255.0:g001:eth0:off "
     "overlayroot=disk:/dev/vdb init=/usr/lib/scalelab/init quiet",
-    "-drive", "file=/c/im,,g/base.img,format=raw,if=virtio,readonly=on",
-    "-drive", "file=/run/s/qemu/g001.img,format=raw,if=virtio,cache=unsafe",
+    "-drive", "file=/c/im,,g/base.img,format=raw,if=virtio,readonly=on,id=image",
+    "-drive", "file=/run/s/qemu/g001.img,format=raw,if=virtio,cache=unsafe,id=upper",
     "-netdev", "tap,id=net0,ifname=slt1234561,script=no,downscript=no",
     "-device", "virtio-net-pci,netdev=net0,mac=02:c4:bc:00:00:01,romfile=",
     "-device", "virtio-rng-pci", "-serial", "file:/r/guests/g001.console.log",
@@ -196,8 +196,8 @@ OLD_ARGV_SYSTEMD_KVM_USER = [
     "net.ifnames=0 hostname=g001 ip=10.213.9.3:::255.255.255.0:g001:eth0:off "
     "overlayroot=tmpfs overlayroot_seed=/dev/vdb init=/lib/systemd/systemd "
     "systemd.show_status=false loglevel=7 x=y",
-    "-drive", "file=/c/im,,g/base.img,format=raw,if=virtio,readonly=on",
-    "-drive", "file=/run/s/qemu/g001.img,format=raw,if=virtio,cache=unsafe",
+    "-drive", "file=/c/im,,g/base.img,format=raw,if=virtio,readonly=on,id=image",
+    "-drive", "file=/run/s/qemu/g001.img,format=raw,if=virtio,cache=unsafe,id=upper",
     "-netdev", "user,id=net0,net=10.213.9.0/24,host=10.213.9.1,dns=10.213.9.254,restrict=on,"
     "hostfwd=tcp:127.0.0.1:40123-10.213.9.3:22",
     "-device", "virtio-net-pci,netdev=net0,mac=02:c4:bc:00:00:01,romfile=",

@@ -15,10 +15,15 @@ def samples_of(run_dir: Path) -> pd.DataFrame:
     return df
 
 
-def growth(df: pd.DataFrame, guest: str, resource: str, t0: int, t1: int) -> float:
-    """How much a guest's counter grew from its last sample before ``t0`` to its last one
-    before ``t1`` (what happened in between, however quickly)."""
-    rows = df[(df["guest"] == guest) & (df["resource"] == resource)].sort_values("t")
+def growth(df: pd.DataFrame, guest: str, resource: str, t0: int, t1: int,
+           item: str | None = None) -> float:
+    """How much a guest's counter (its ``item``, for a resource with several) grew from its
+    last sample before ``t0`` to its last one before ``t1`` (what happened in between,
+    however quickly)."""
+    rows = df[(df["guest"] == guest) & (df["resource"] == resource)]
+    if item is not None:
+        rows = rows[rows["item"] == item]
+    rows = rows.sort_values("t")
     t = rows["t"].astype("int64")
     before, until = rows[t < t0], rows[t <= t1]
     assert len(before) and len(until) > len(before), (guest, resource)

@@ -86,9 +86,9 @@ def qemu_argv(opts: QemuOptions, spec: GuestSpec, accel: str, paths: VmPaths, ni
         "-kernel", str(paths.kernel), "-initrd", str(paths.initrd),
         "-append", kernel_cmdline(opts, spec),
         # The shared image, read-only for QEMU and for the guest: its sha256 never moves.
-        "-drive", f"file={opt_path(paths.image)},format=raw,if=virtio,readonly=on",
+        "-drive", f"file={opt_path(paths.image)},format=raw,if=virtio,readonly=on,id=image",
         # The guest's own disk, thrown away with the run: no flushes to wait for.
-        "-drive", f"file={opt_path(paths.disk)},format=raw,if=virtio,cache=unsafe",
+        "-drive", f"file={opt_path(paths.disk)},format=raw,if=virtio,cache=unsafe,id=upper",
         "-netdev", netdev(spec, nic),
         # No option ROM (iPXE): the guest never boots from the network.
         "-device", f"virtio-net-pci,netdev=net0,mac={spec.mac},romfile=",

@@ -16,6 +16,7 @@ from harness.backends.base import Backend, FaultNotSupported, Guest, GuestShell,
 from harness.backends.guestnetem import shape_in_guest
 from harness.backends.qemu.accel import choose_accel
 from harness.backends.qemu.argv import QEMU, VmNic, VmPaths, qemu_argv
+from harness.backends.qemu.blockstats import read_block_samples
 from harness.backends.qemu.console import ConsoleWatcher
 from harness.backends.qemu.hostfacts import (
     ext4_used_bytes,
@@ -281,7 +282,8 @@ class QemuBackend(Backend):
 
     def sample(self, guests: Sequence[Guest], *, slow: bool = False) -> list[Sample]:
         """Per guest: its QEMU process's CPU time and resident memory (what the VM costs the
-        host, TCG's translation included), its threads, and its tap's counters (net=tap)."""
+        host, TCG's translation included), its tap's counters (net=tap) and its drives'
+        bytes and operations read and written (QMP)."""
         out: list[Sample] = []
         links = read_net_dev() if self.net == "tap" else {}
         for g in guests:
@@ -298,6 +300,7 @@ class QemuBackend(Backend):
                 out.append(Sample(g.name, "memory_bytes", float(mem), "B"))
             if vm.tap:
                 out += link_samples(g.name, vm.tap, links)
+            out += read_block_samples(g.name, vm.qmp)
             if slow and (used := self.upper_bytes(g)) is not None:
                 out.append(Sample(g.name, "upper_bytes", float(used), "B"))
         return out
