@@ -21,7 +21,7 @@ from harness.report.plots import MIN_SERIES_SAMPLES
 from harness.report.render import MAX_GANTTS
 from harness.report.resultsection import MAX_METRIC_PLOTS
 from harness.report.scenarios import base_scenario
-from harness.store import METRICS_PARQUET, TIMINGS_PARQUET
+from harness.store import METRICS_PARQUET, TIMINGS_PARQUET, load_samples
 
 
 def series_plots(timings: pd.DataFrame) -> set[str]:
@@ -69,10 +69,20 @@ def result_plots(metrics: pd.DataFrame) -> set[str]:
     return names
 
 
+def resource_plots(run_dir: Path) -> set[str]:
+    """The host's figure when the run has samples; the guests' when some guest has any."""
+    samples = load_samples(run_dir)
+    if samples.empty:
+        return set()
+    guests = samples[(samples["guest"].fillna("") != "")
+                     & samples["resource"].isin(["cpu_seconds", "net_tx_bytes", "net_rx_bytes"])]
+    return {"resources-host"} | ({"resources-guests"} if len(guests) else set())
+
+
 def plots_called_for(run_dir: Path) -> set[str]:
     """The plot names (``plots/<name>.png``, ``<figure id="plot-<name>">``) of a run."""
     timings = pd.read_parquet(run_dir / TIMINGS_PARQUET)
     metrics_path = run_dir / METRICS_PARQUET
     metrics = pd.read_parquet(metrics_path) if metrics_path.exists() else pd.DataFrame()
     return (series_plots(timings) | gantt_plots(timings) | metrics_plots(metrics)
-            | result_plots(metrics))
+            | result_plots(metrics) | resource_plots(run_dir))

@@ -64,6 +64,7 @@ def _host_samples(store: Store, spec: SweepSpec, t0: int, t1: int, util: float,
                                       counters[f"busy{core}"], "s", "counter", core))
             lines.append(_sample_line(spec.run_id, t, "", "cpu_total_seconds",
                                       counters[f"total{core}"], "s", "counter", core))
+        lines.append(_sample_line(spec.run_id, t, "", "load1", 2.0 * util, "", "gauge"))
         lines.append(_sample_line(spec.run_id, t, "", "memory_used_bytes", 3e9, "B", "gauge"))
         lines.append(_sample_line(spec.run_id, t, "", "memory_total_bytes", 8e9, "B", "gauge"))
     store.add_sample_lines("".join(lines))

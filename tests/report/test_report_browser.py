@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 from report.expected import plots_called_for
 
+from harness.report import render_report
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -110,3 +112,66 @@ def test_images_load_and_nothing_is_fetched(rendered: Path, tmp_path: Path) -> N
     assert seen["fetched"] == []  # data: images are not fetches; anything else would be
     for url in seen["urls"]:
         assert not re.match(r"(?:https?:)?//", url), url
+
+
+# Every figure's axes facts (data-axes, written by save_figure) and its image's decoded size.
+AXES_SCRIPT = """<script>
+window.addEventListener('load', function () {
+  var figs = Array.prototype.map.call(document.querySelectorAll('figure'), function (f) {
+    var img = f.querySelector('img');
+    return {id: f.id, axes: JSON.parse(f.dataset.axes || '[]'),
+            shown: img.complete && img.naturalWidth > 0};
+  });
+  document.title = 'AXES:' + JSON.stringify(figs);
+});
+</script>"""
+#: Axes whose y is a list of guests, not a quantity.
+CATEGORICAL_Y = re.compile(r"^guest\b")
+
+
+def _probe_axes(index: Path, profile: Path) -> list[dict[str, Any]]:
+    page = index.read_text(encoding="utf-8").replace(
+        "style-src 'unsafe-inline'", "style-src 'unsafe-inline'; script-src 'unsafe-inline'")
+    copy = index.with_name("axes-probe.html")
+    copy.write_text(page.replace("</body>", AXES_SCRIPT + "</body>"), encoding="utf-8")
+    try:
+        proc = _chromium(profile, "--dump-dom", "--virtual-time-budget=5000", copy.as_uri())
+    finally:
+        copy.unlink()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    m = re.search(r"<title>AXES:(.*?)</title>", proc.stdout, re.S)
+    assert m, "the probe did not run: " + proc.stdout[:500]
+    figs: list[dict[str, Any]] = json.loads(html_lib.unescape(m.group(1)))
+    return figs
+
+
+def test_every_plot_fills_its_frame_and_names_units_and_zone(
+        rendered: Path, tmp_path: Path) -> None:
+    """Both synthetic runs (operations back to back with faults; a saturating sweep whose
+    operations start together, with agent results and resource samples), looked at in
+    Chromium: a screenshot of each is kept, and every axes of every plot has data across
+    most of its width, a unit on its value axis, and, on a time axis, the report's zone."""
+    from report.synthsweep import make_sweep
+
+    sweep = render_report(make_sweep(tmp_path / "sweep"))
+    for name, index in (("faults", rendered), ("sweep", sweep)):
+        shot = tmp_path / f"report-{name}.png"
+        proc = _chromium(tmp_path / f"profile-{name}", f"--screenshot={shot}",
+                         "--window-size=1280,6000", index.as_uri())
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert shot.read_bytes().startswith(b"\x89PNG") and shot.stat().st_size > 50_000
+        print(f"screenshot of the {name} report: {shot}")
+        figs = _probe_axes(index, tmp_path / f"probe-{name}")
+        assert sorted(f["id"] for f in figs) == sorted(
+            f"plot-{n}" for n in plots_called_for(index.parent))
+        for fig in figs:
+            assert fig["shown"] and fig["axes"], fig["id"]
+            for ax in fig["axes"]:
+                where = (fig["id"], ax)
+                assert ax["artists"] > 0 and ax["fill_x"] >= 0.5, where  # not an empty frame
+                assert ax["x"] and ax["y"], where
+                assert re.search(r"\(.+\)", ax["y"]) or CATEGORICAL_Y.match(ax["y"]), where
+                if ax["time"]:
+                    assert "America/El_Salvador" in ax["x"], where
+                else:
+                    assert re.search(r"\(.+\)", ax["x"]), where

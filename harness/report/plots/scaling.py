@@ -48,7 +48,7 @@ def scaling_figure(stats: pd.DataFrame, knee: Knee | None, title: str) -> Figure
     eff = g["efficiency"].to_numpy(dtype=float)
     ax_eff.axhline(1.0, color="#999999", ls="--", lw=1)
     ax_eff.plot(n, eff, "o-", color="#2ca02c")
-    ax_eff.set_ylabel("parallel efficiency")
+    ax_eff.set_ylabel("parallel efficiency (measured / ideal)")
     ax_eff.set_title("efficiency (measured / ideal)")
     finite = eff[np.isfinite(eff)]
     ax_eff.set_ylim(0, max(1.1, float(finite.max()) * 1.1) if finite.size else 1.1)
@@ -94,7 +94,7 @@ def distribution_figure(rows: pd.DataFrame, title: str) -> Figure:
         ax_cdf.plot(np.quantile(values, probs), probs, color=colours[n], label=f"N={n}")
         lows.append(float(values.min()))
     ax_cdf.set_xlabel(f"latency ({unit})")
-    ax_cdf.set_ylabel("fraction of operations ≤ latency")
+    ax_cdf.set_ylabel("operations ≤ latency (fraction)")
     ax_cdf.set_title("CDF of operation latency")
     maybe_log(ax_cdf, durations, axis="x")
     ax_cdf.set_ylim(0, 1.01)
