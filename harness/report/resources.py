@@ -62,10 +62,11 @@ def host_memory_percent(df: pd.DataFrame) -> pd.Series:
 def guest_rates(df: pd.DataFrame, resources: tuple[str, ...]) -> pd.DataFrame:
     """Per guest and sample time: the summed rate of ``resources`` (columns guest, t, rate)."""
     guests = df[df["guest"] != ""]
-    parts = [rates(guests, r) for r in resources]
-    both = pd.concat(parts) if parts else pd.DataFrame(columns=["guest", "item", "t", "rate"])
-    if both.empty:
+    # A resource with no samples (a backend without it) must not turn the rates to objects.
+    parts = [p for p in (rates(guests, r) for r in resources) if not p.empty]
+    if not parts:
         return pd.DataFrame(columns=["guest", "t", "rate"])
+    both = pd.concat(parts)
     summed: pd.DataFrame = both.groupby(["guest", "t"], as_index=False).agg(rate=("rate", "sum"))
     return summed
 

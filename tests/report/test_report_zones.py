@@ -6,12 +6,15 @@ import datetime as dt
 import zoneinfo
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
 from harness.errors import UserError
 from harness.report import plots, resolve_zone, zones
+from harness.report.plots.resources import guests_figure, host_figure
+from harness.report.resources import tidy_samples
 from harness.report.timeaxis import date_num, setup_time_axis
 from harness.report.zones import axis_label, format_time, offset_text, to_zone, zone_for_run
 
@@ -190,3 +193,55 @@ def test_report_zone_falls_back_from_bad_run_json(fake_localtime: Path) -> None:
     assert warnings and "Bad/Zone" in warnings[0]
     assert zone_for_run(None, {"report_tz": "Asia/Tokyo"}).key == "Asia/Tokyo"
     assert zone_for_run("UTC", {"report_tz": "Asia/Tokyo"}).key == "UTC"
+
+
+def _samples_around(noon: pd.Timestamp) -> pd.DataFrame:
+    """A host and a guest sampled every minute from 11:00 to 13:00 UTC, the host's CPU and
+    the guest's busy only in the minute before noon."""
+    rows = []
+    busy = total = guest_cpu = 0.0
+    for m in range(-60, 61):
+        t = noon + pd.Timedelta(minutes=m)
+        spike = m == 0  # the minute ending at noon
+        busy += 60.0 if spike else 3.0
+        total += 60.0
+        guest_cpu += 60.0 if spike else 0.0
+        for resource, value, guest in (("cpu_busy_seconds", busy, ""),
+                                       ("cpu_total_seconds", total, ""),
+                                       ("memory_used_bytes", 1e9, ""),
+                                       ("memory_total_bytes", 4e9, ""), ("load1", 0.5, ""),
+                                       ("cpu_seconds", guest_cpu, "g000"),
+                                       ("net_tx_bytes", 1e6 * (m + 61), "g000")):
+            rows.append({"lab": "default", "guest": guest, "t": t, "resource": resource,
+                         "item": "cpu0" if resource.startswith("cpu_") and not guest else "",
+                         "kind": "gauge" if resource.startswith(("memory", "load")) else
+                         "counter", "value": value, "unit": ""})
+    return tidy_samples(pd.DataFrame(rows))
+
+
+@pytest.mark.parametrize("figure", ["host", "guests"])
+def test_resource_plots_in_a_half_hour_zone(figure: str) -> None:
+    """Asia/Kolkata is UTC+05:30: the CPU peak at 12:00 UTC is drawn under the 17:30 tick,
+    and the axis names the zone and its half-hour offset."""
+    zone = zoneinfo.ZoneInfo("Asia/Kolkata")
+    samples = _samples_around(NOON_NOV)
+    draw = host_figure if figure == "host" else guests_figure
+    spans = pd.DataFrame({"start": [NOON_NOV - pd.Timedelta(minutes=30)],
+                          "end": [NOON_NOV + pd.Timedelta(minutes=30)],
+                          "label": ["test_load[n=4]"]})
+    fig = draw(samples, zone, _no_rows(), _no_rows(), spans)
+    assert fig is not None
+    fig.canvas.draw()
+    ax, bottom = fig.axes[0], fig.axes[-1]  # the panels share the axis, labelled at the bottom
+    ticks = {t.get_text(): float(t.get_position()[0]) for t in bottom.get_xticklabels()
+             if t.get_text()}
+    assert "17:30" in ticks, ticks
+    assert ticks["17:30"] == pytest.approx(date_num(NOON_NOV))
+    assert bottom.get_xlabel() == "time (Asia/Kolkata, UTC+05:30)"
+    line = ax.get_lines()[0]
+    x, y = np.asarray(line.get_xdata()), np.asarray(line.get_ydata())
+    peak = float(x[int(np.argmax(y))])
+    assert peak == pytest.approx(date_num(NOON_NOV))
+    # The scenario's start is marked where 17:00 local is.
+    (mark,) = [t for t in ax.texts if "test_load[n=4]" in t.get_text()]
+    assert mark.get_position()[0] == pytest.approx(date_num(NOON_NOV - pd.Timedelta(minutes=30)))
