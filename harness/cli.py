@@ -29,19 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    img = sub.add_parser("image", help="build and list base images")
-    isub = img.add_subparsers(dest="image_command", required=True, metavar="ACTION")
-    b = isub.add_parser("build", help="build the base image (cached by recipe)")
-    b.add_argument("--recipe", help="recipe TOML file (default: pyproject or the base)")
-    b.add_argument("--vm", action="store_true", help="add a kernel and initramfs for VMs")
-    b.add_argument("--mirror", help="Debian mirror (default: the host's apt source)")
-    b.add_argument("--force", action="store_true", help="rebuild even if cached")
-    isub.add_parser("list", help="cached images with size and digest")
-    pr = isub.add_parser("prune", help="remove cached images other than the current ones")
-    pr.add_argument("--recipe", help="recipe whose images to keep")
-    pr.add_argument("--all", action="store_true", help="remove every cached image")
-    v = isub.add_parser("verify", help="check an image's sha256 against its manifest")
-    v.add_argument("key")
+    _image_parser(sub.add_parser("image", help="build and list base images"))
 
     up = sub.add_parser("up", help="bring a lab up and leave it running")
     _add_lab_options(up)
@@ -87,6 +75,21 @@ def _parser() -> argparse.ArgumentParser:
     fault.add_argument("--to", nargs="+", metavar="GUEST",
                        help="`degrade` only traffic to these guests (default: all others)")
     return p
+
+
+def _image_parser(img: argparse.ArgumentParser) -> None:
+    isub = img.add_subparsers(dest="image_command", required=True, metavar="ACTION")
+    b = isub.add_parser("build", help="build the base image (cached by recipe)")
+    b.add_argument("--recipe", help="recipe TOML file (default: pyproject or the base)")
+    b.add_argument("--vm", action="store_true", help="add a kernel and initramfs for VMs")
+    b.add_argument("--mirror", help="Debian mirror (default: the host's apt source)")
+    b.add_argument("--force", action="store_true", help="rebuild even if cached")
+    isub.add_parser("list", help="cached images with size and digest")
+    pr = isub.add_parser("prune", help="remove cached images other than the current ones")
+    pr.add_argument("--recipe", help="recipe whose images to keep")
+    pr.add_argument("--all", action="store_true", help="remove every cached image")
+    v = isub.add_parser("verify", help="check an image's sha256 against its manifest")
+    v.add_argument("key")
 
 
 def _image_command(args: argparse.Namespace) -> int:
