@@ -258,7 +258,8 @@ def leftovers(before: Snapshot, reports: Path, mark: str) -> dict[str, set[str]]
         if mine:
             left[kind] = mine
     tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
-    nft = {t for t in tables.splitlines() if any(f"slf-{run_tag(i)}" in t for i in ids)}
+    nft = {t for t in tables.splitlines()
+           if any(f"{p}-{run_tag(i)}" in t for i in ids for p in ("slf", "slq"))}
     if nft:
         left["nft"] = nft
     procs = set(marked_processes(mark))
@@ -301,7 +302,8 @@ def mark() -> str:
 def test_24_guests_over_3_lab_hosts(image: Image, tmp_path: Path, mark: str) -> None:
     before = snapshot()
     res = pytest_run(tmp_path, mark, "scenarios/test_ssh_fanout.py",
-                     "scenarios/test_client_server.py", "--guests=24", "--cluster=local:3")
+                     "scenarios/test_client_server.py", "scenarios/test_network.py",
+                     "--guests=24", "--cluster=local:3")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     run = (tmp_path / "latest").resolve()
     info = json.loads((run / "run.json").read_text())
@@ -327,6 +329,12 @@ def test_24_guests_over_3_lab_hosts(image: Image, tmp_path: Path, mark: str) -> 
     m = pd.read_parquet(run / "metrics.parquet")
     lat = m[m["metric"] == "request_latency"]
     assert lat["guest"].nunique() == 23 and set(lat["lab_host"]) == hosts  # across hosts
+    # Guest-to-guest transfers over one lab network: streams cross the tunnels too.
+    sent = m[m["metric"] == "transfer_throughput"]
+    assert sent["guest"].nunique() >= 12 and (sent["value"] > 0).all()
+    assert t[t["op"] == "transfer"]["ok"].all()
+    overlay = info["cluster"]["overlay"]
+    assert overlay["kind"] == "vxlan" and len(overlay["underlay"]) == 3
 
     inventory = json.loads((run / "guests.json").read_text())["guests"]
     assert len(inventory) == 24

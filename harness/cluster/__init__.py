@@ -40,12 +40,18 @@ round trip ``offset = t_shard - (t_sent + t_received) / 2`` (NTP's estimate with
 stamp), and the median is the shard's ``clock_offsets[lab_host]`` in run.json.  Rows keep
 the shard's own time stamps; subtract the offset to put them on the client's clock.
 
-**Network.**  Guests on shards of one host reach each other: each shard turns on IPv4
-forwarding on its own bridge only, drops (nftables) anything forwarded from that bridge
-to addresses outside the lab's subnets, and gives its guests a route to the other shards'
-subnets.  Guests on different hosts are not connected to each other.  A person reaches any
-guest with ``ssh -F <run>/ssh_config NAME``: directly when its lab host is this host,
-through the lab host (``ProxyJump root@labhost``) otherwise.
+**Network.**  With more than one lab host, the lab hosts' bridges are joined into one L2
+lab network by VXLAN (``harness.cluster.overlay``): one VNI per run, unicast to each peer's
+underlay address (``SCALELAB_UNDERLAY`` of its worker, else its Dask worker's address) on
+UDP port ``--vxlan-port`` (4789), static forwarding entries for every peer and every
+remote guest MAC, no multicast.  The run has one subnet; shard k's guests are in its own
+block of it (its bridge holds the block's first address), all on one link, with an MTU
+50 bytes below the underlay's.  Before anything boots every pair of lab hosts exchanges
+probe frames through the tunnels, and a pair that cannot is named.  ``local:K`` emulates K
+lab hosts: each shard's VXLAN socket lives in a "host" namespace of its own, on an
+underlay bridge in one more.  A person reaches any guest with ``ssh -F <run>/ssh_config
+NAME``: directly when its lab host is this host, through the lab host (``ProxyJump
+root@labhost``) otherwise.
 
 **Files.**  Each shard keeps its own run directory (its guests' console logs, its
 ``ssh_config``, ``guests.json`` and a copy of its rows): ``<run>/shards/sK/`` when its lab

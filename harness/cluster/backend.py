@@ -2,6 +2,10 @@
 shards run (netns by default) and sends the nemesis's faults and footprint questions to the
 shard that holds each guest; bringing guests up is the shards' own business.
 
+A partition between guests on different lab hosts is applied on every lab host holding
+either side (by MAC, see ``harness.cluster.tunnel``); isolating a guest cuts it off its own
+lab host's bridge, and with it off the whole lab network.
+
 It has every fault capability's methods (each forwards to a shard, where the one dispatcher,
 ``harness.backends.inject``, applies it to the real backend) but declares only the faults of
 the backend its shards run, so the dispatcher refuses the others here already."""
@@ -29,6 +33,8 @@ class ClusterBackend(Backend):
         self.requires_root = inner.requires_root
         self.needs_vm_image = inner.needs_vm_image
         self.mac_oui = inner.mac_oui
+        #: Whether the lab hosts are joined into one lab network (set at bring-up).
+        self.joined = False
 
     # -- the lifecycle is the shards' ----------------------------------------------------
 
@@ -86,10 +92,17 @@ class ClusterBackend(Backend):
         self._fault(FaultAction.ISOLATE, guests)
 
     def partition(self, side_a: Sequence[Guest], side_b: Sequence[Guest]) -> None:
+        """On one lab network (``joined``), by MAC on every lab host with a guest of either
+        side, so it holds wherever they run; else through the one lab host of both sides."""
         shards = set(self._by_shard([*side_a, *side_b]))
+        if self.joined:
+            macs_a, macs_b = [g.spec.mac for g in side_a], [g.spec.mac for g in side_b]
+            for shard in shards:
+                shard.cut(macs_a, macs_b)
+            return
         if len(shards) != 1:
-            raise FaultNotSupported("a partition across lab hosts is not supported: both sides "
-                                    "must be guests of one lab host")
+            raise FaultNotSupported("a partition across lab hosts needs them joined into one "
+                                    "lab network: both sides must be guests of one lab host")
         shards.pop().fault(str(FaultAction.PARTITION), [g.name for g in side_a],
                           [g.name for g in side_b])
 

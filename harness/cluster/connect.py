@@ -258,8 +258,20 @@ class ShardHandle:
         timings, metrics = self._call("drain")
         return list(timings), list(metrics)
 
-    def link(self, peers: list[str]) -> GroupResult:
-        return self._group(self._call("link", peers))
+    def tunnel(self, remote_macs: dict[str, str]) -> None:
+        self._call("tunnel", remote_macs)
+
+    def probe(self, timeout: float) -> set[str]:
+        return {str(h) for h in self._call("probe", timeout)}
+
+    def join(self) -> GroupResult:
+        return self._group(self._call("join"))
+
+    def counters(self) -> dict[str, int]:
+        return {str(k): int(v) for k, v in self._call("counters").items()}
+
+    def cut(self, side_a: list[str], side_b: list[str]) -> None:
+        self._call("cut", side_a, side_b)
 
     def footprint(self, names: list[str]) -> Footprint:
         return cast(Footprint, self._call("footprint", names))

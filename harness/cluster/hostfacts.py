@@ -11,6 +11,7 @@ from typing import Any
 from harness.errors import UserError
 from harness.identity import host_routes
 from harness.image import cache
+from harness.plumbing import vxlan
 
 
 def machine_id() -> str:
@@ -33,6 +34,9 @@ def host_facts(image_key: str, digest: str | None) -> dict[str, Any]:
         "euid": os.geteuid(),
         "routes": [str(r) for r in host_routes()],
         "ssh_host_key": _ssh_host_key(),
+        # For the lab network: the underlay address asked for, and every address's MTU.
+        "underlay": os.environ.get("SCALELAB_UNDERLAY", ""),
+        "addresses": vxlan.interface_mtus(),
         "image": None,
         "image_error": None,
     }

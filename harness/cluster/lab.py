@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from harness.backends.base import Guest
-from harness.cluster import connect
+from harness.cluster import connect, network
 from harness.cluster.backend import ClusterBackend
 from harness.cluster.connect import Connection, ShardHandle, ShardLost
 from harness.cluster.fleet import ClusterFleet
 from harness.cluster.hostfacts import host_facts, machine_id
+from harness.cluster.overlay import Overlay
 from harness.cluster.plan import (
     LabWorker,
     allocate_subnets,
@@ -77,11 +78,12 @@ class ClusterLab(Lab):
         self.cluster = parse_cluster(config.cluster or "")
         self.shards: list[ShardHandle] = []
         self.routes: dict[str, ShardHandle] = {}
-        self.backend = ClusterBackend(self.backend, self.routes)
+        self.backend = self.shards_backend = ClusterBackend(self.backend, self.routes)
         self.conn: Connection | None = None
         self.clock_offsets: dict[str, float] = {}
         self.clock_round_trips: dict[str, float] = {}
         self.network = "single lab host"
+        self.overlay: Overlay | None = None
         self.connect_seconds: float | None = None
         self._boot_info: dict[ShardHandle, dict[str, Any]] = {}
         self._last_progress = (0, 0, 0)
@@ -99,10 +101,14 @@ class ClusterLab(Lab):
         client_key = self._journal()
         self.shards = self._make_shards(placement, facts, key, digest, client_key)
         self._measure_clocks()
-        self._plan_all()
+        plans = self._plan_all()
+        if self.overlay is not None:  # before anything boots: tunnels up, every pair seen
+            network.make_tunnels(self.overlay, self.shards, plans, self._each)
+            network.check_pairs(self.overlay, self._each)
         self._boot_all()
         self._collect_rows()
-        self._link_shards()
+        if self.overlay is not None:
+            network.join_all(self._each, self.failures)
         self._assemble(client_key)
         ready = len(self.require_fleet().names)
         if ready < min_ready * n or ready == 0:
@@ -147,9 +153,19 @@ class ClusterLab(Lab):
         """Subnets, specs and one actor per lab host (journalled before they exist)."""
         assert self.conn is not None and self.state is not None
         sizes = [c for _, c in placement]
-        subnets = allocate_subnets(sizes, routes_of(facts, [w for w, _ in placement]),
-                                   self.config.subnet)
-        self.subnet = ", ".join(str(s) for s in subnets)
+        routes = routes_of(facts, [w for w, _ in placement])
+        if len(placement) > 1:  # one lab network over the lab hosts
+            self.overlay = network.decide(self.run_id, self.config.vxlan_port, self.state,
+                                          placement, facts, routes, self.config.subnet,
+                                          emulate=self.cluster.local)
+            subnets: list[Any] = list(self.overlay.blocks)
+            self.shards_backend.joined = True
+            self.subnet = self.overlay.subnet
+            self.network = ("one L2 network: lab bridges joined by VXLAN"
+                            + (" over an emulated underlay" if self.overlay.emulated else ""))
+        else:
+            subnets = allocate_subnets(sizes, routes, self.config.subnet)
+            self.subnet = str(subnets[0])
         here, offset = machine_id(), 0
         for k, ((w, count), net) in enumerate(zip(placement, subnets, strict=True)):
             f = facts[w.address]
@@ -174,7 +190,7 @@ class ClusterLab(Lab):
             config=dataclasses.replace(self.config, cluster=None, subnet=h.subnet),
             run_dir=str(run_dir), image_key=key, image_digest=digest, client_key=client_key,
             offset=offset, total=total, run=self.run, lab=self.name,
-            name_prefix=f"{name_label(self.name)}s{h.index}g",
+            name_prefix=f"{name_label(self.name)}s{h.index}g", overlay=self.overlay,
         )
 
     def _measure_clocks(self) -> None:
@@ -191,7 +207,7 @@ class ClusterLab(Lab):
             self.clock_offsets[h.lab_host] = offset
             self.clock_round_trips[h.lab_host] = trip
 
-    def _plan_all(self) -> None:
+    def _plan_all(self) -> list[list[dict[str, str]]]:
         """Every shard's identities, checked together before anything boots."""
         plans = self._each(lambda h: h.plan(h.n_guests, h.subnet))
         check_identities(ident for plan in plans for ident in plan)
@@ -200,6 +216,7 @@ class ClusterLab(Lab):
             h.names = [str(i["name"]) for i in plan]
             for name in h.names:
                 tags[name] = h.lab_host
+        return plans
 
     def _boot_all(self) -> None:
         """Boot all shards at once, drawing one progress line for the whole lab."""
@@ -245,25 +262,6 @@ class ClusterLab(Lab):
             for row in metrics:
                 store.add_metric({**row, "run_id": ctx.run_id, "scenario": ctx.scenario,
                                   "n_guests": ctx.n_guests, "lab_host": h.lab_host})
-
-    def _link_shards(self) -> None:
-        """Route between the subnets of shards that share a host (see the package doc)."""
-        by_host: dict[str, list[ShardHandle]] = {}
-        for h in self.shards:
-            by_host.setdefault(str(h.facts["machine_id"]), []).append(h)
-        groups = [g for g in by_host.values() if len(g) > 1]
-        if len(by_host) > 1:
-            self.network = "guests reach guests of their own lab host only"
-        if not groups:
-            return
-        for group in groups:
-            for h in group:
-                peers = [o.subnet for o in group if o is not h]
-                failed = h.link(peers).failures()
-                for name, err in failed.items():
-                    self.failures.setdefault(name, err)
-        if len(by_host) == 1:
-            self.network = "all guests reach each other (routed between shards' subnets)"
 
     def _assemble(self, client_key: KeyPair) -> None:
         """Client-side guests, fleet, failures, ssh_config/known_hosts and guests.json."""
@@ -324,6 +322,7 @@ class ClusterLab(Lab):
             "spec": self.cluster.text,
             "scheduler": self.conn.address if self.conn is not None else None,
             "network": self.network,
+            "overlay": self.overlay.describe() if self.overlay is not None else None,
             "connect_seconds": self.connect_seconds,
             "shards": [
                 {"lab_host": h.lab_host, "worker": h.worker.address, "run_id": h.run_id,

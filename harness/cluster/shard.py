@@ -33,11 +33,7 @@ from harness.cluster.wire import (
     loads_function,
 )
 from harness.errors import LabError, UserError
-from harness.identity import (
-    run_tag,
-)
 from harness.image import cache
-from harness.plumbing import nft
 from harness.ssh import FanOut, GroupResult
 from harness.store import Context
 
@@ -149,25 +145,37 @@ class Shard:
         store = self._holder.store
         return store.drain() if store is not None else ([], [])
 
-    async def link(self, peers: list[str]) -> GroupResult:
-        """Let this shard's guests reach the subnets ``peers`` of shards on this host."""
-        return await self._offload(self._link, peers)
+    # -- the lab network (see harness.cluster.overlay) -----------------------------------
 
-    def _link(self, peers: list[str]) -> GroupResult:
+    async def tunnel(self, remote_macs: dict[str, str]) -> None:
+        """Make this shard's VXLAN device (before boot)."""
+        await self._offload(lambda: self._lab().require_tunnel().create(remote_macs))
+
+    async def probe(self, timeout: float) -> set[str]:
+        """The peer lab hosts whose VXLAN probe frames reached this one (before boot)."""
+        return await self._offload(lambda: self._lab().require_tunnel().probe(timeout))
+
+    async def join(self) -> GroupResult:
+        """The VXLAN device onto this shard's bridge, and the guests' MTU set under it."""
+        return await self._offload(self._join)
+
+    def _join(self) -> GroupResult:
         lab = self._lab()
-        if not isinstance(lab.backend, HasHostBridge) or lab.state is None:
-            raise LabError(f"the {lab.backend.name} backend has no host bridge to route through")
-        bridge = lab.backend.bridge
-        table = f"slf-{run_tag(lab.run_id)}"
-        lab.state.record("nft", family="inet", table=table)
-        # Its own subnet too: with br_netfilter, traffic bridged between two guests of
-        # this shard passes the forward hook as well.
-        allowed = [str(lab.subnet), *peers]
-        nft.apply(nft.forward_only_to(table, bridge, allowed))
-        Path(f"/proc/sys/net/ipv4/conf/{bridge}/forwarding").write_text("1\n")
-        gateway = lab.guests[0].spec.gateway
-        routes = "; ".join(f"ip route replace {p} via {gateway}" for p in peers)
-        return lab.require_fleet().run(f"set -e; {routes}", timeout=30)
+        if not isinstance(lab.backend, HasHostBridge):
+            raise LabError(f"the {lab.backend.name} backend has no lab bridge on the lab "
+                           "host to join to the others")
+        tunnel = lab.require_tunnel()
+        tunnel.join(lab.backend.bridge)
+        return lab.require_fleet().run(f"ip link set dev eth0 mtu {tunnel.overlay.mtu}",
+                                       timeout=30)
+
+    async def counters(self) -> dict[str, int]:
+        """What crossed this shard's VXLAN device so far."""
+        return await self._offload(lambda: self._lab().require_tunnel().counters())
+
+    async def cut(self, side_a: list[str], side_b: list[str]) -> None:
+        """This host's part of a partition between two groups of guest MACs."""
+        await self._offload(lambda: self._lab().require_tunnel().cut(side_a, side_b))
 
     # -- use -----------------------------------------------------------------------------
 
@@ -214,6 +222,8 @@ class Shard:
         by_name = {g.name: g for g in lab.guests}
         guests = [by_name[n] for n in names]
         others = [by_name[n] for n in arg] if action == FaultAction.PARTITION else []
+        if action == FaultAction.HEAL and lab.tunnel is not None:
+            lab.tunnel.mend()
         inject(lab.backend, action, guests, others=others,
                rate=str(arg) if action == FaultAction.LIMIT else "")
         if action == FaultAction.KILL:

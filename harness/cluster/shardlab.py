@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.backends.base import Guest
+from harness.cluster.overlay import Overlay
+from harness.cluster.tunnel import Tunnel
 from harness.config import LabConfig
 from harness.errors import LabError
 from harness.identity import GuestSpec, KeyPair, mac_for, machine_id_for
@@ -40,6 +42,8 @@ class ShardSpec:
     run: str  # the run the cluster lab belongs to
     lab: str  # the cluster lab's name in that run
     name_prefix: str  # what this shard's guest names start with (unique in the run)
+    #: How the lab hosts are joined into one lab network (None: this shard is alone).
+    overlay: Overlay | None = None
 
 
 class ShardStore(Store):
@@ -82,6 +86,7 @@ class ShardLab(Lab):
         self.lab_host = spec.lab_host
         self._plan: LabPlan | None = None
         self._t0 = time.monotonic()
+        self.tunnel: Tunnel | None = None
 
     def journal_header(self) -> dict[str, Any]:
         return {**super().journal_header(), "cluster_run": self.spec.main_run_id,
@@ -90,10 +95,16 @@ class ShardLab(Lab):
     def identity(self, spec: GuestSpec) -> GuestSpec:
         """MAC and machine-id from the cluster run and the guest's global index."""
         i = self.spec.offset + spec.index
-        return dataclasses.replace(
+        spec = dataclasses.replace(
             spec, mac=mac_for(self.spec.main_run_id, i, self.backend.mac_oui),
             machine_id=machine_id_for(self.spec.main_run_id, i),
         )
+        o = self.spec.overlay
+        if o is None:
+            return spec
+        # One subnet for the run: this shard's guests in its own block, on link with all.
+        return dataclasses.replace(spec, ip=o.guest_ip(self.spec.index, spec.index),
+                                   gateway=o.gateway(self.spec.index))
 
     def plan_shard(self, n: int, subnet: str) -> list[GuestSpec]:
         """The lab's plan on the client's subnet with the cluster's client key."""
@@ -101,7 +112,15 @@ class ShardLab(Lab):
         self._total = n
         # The subnet is the client's choice, checked here against this host's own routes.
         self._plan = self.plan(n, subnet=subnet, client_key=self.spec.client_key)
+        if self.spec.overlay is not None:
+            self.tunnel = Tunnel(self.spec.overlay, self.spec.index, self.run_id,
+                                 self._plan.state)
         return self._plan.specs
+
+    def require_tunnel(self) -> Tunnel:
+        if self.tunnel is None:
+            raise LabError(f"shard {self.run_id} is not joined to a lab network")
+        return self.tunnel
 
     def boot_shard(self) -> list[Guest]:
         """Start the planned guests and wait until each answers SSH (or fails)."""
