@@ -167,6 +167,7 @@ def test_netns_loss_and_duplication_between_two_guests(lab3: tuple[Session, Lab]
     def harness_commands() -> None:  # the harness's own traffic, all through the fault
         while not stop.is_set():
             harness_ok.append(fleet.run("true", names=[g1, g0], timeout=10).ok)
+            stop.wait(0.05)
 
     with nem.degraded([g0], loss="30%", to=[g1]):
         assert len(_degrade_tables()) == 1
@@ -223,3 +224,60 @@ def test_netns_delay_needs_sch_netem(lab3: tuple[Session, Lab]) -> None:
     assert during >= before + 90, (before, during)
     assert median(ssh) < 0.09  # the harness's own SSH is not delayed
     assert after < before + 20, (before, after)
+
+
+@pytest.mark.integration
+def test_schedule_degrades_for_its_window(lab3: tuple[Session, Lab]) -> None:
+    s, lab = lab3
+    fleet = lab.require_fleet()
+    rec = s.recorder("degrade-schedule", 3)
+    g0, g1, g2 = fleet.names
+    nem = Nemesis(lab.backend, rec, fleet)
+    with pytest.raises(UserError, match="not a percentage"):
+        nem.schedule([(0.0, "degrade:loss=lots", [g0], 1.0)])  # checked before it starts
+    thread = nem.schedule([(0.2, f"degrade:loss=10%,duplicate=1%,to={g1}+{g2}", [g0], 1.5)])
+    seen = []
+    while thread.is_alive():
+        seen.append(len(_degrade_tables()))
+        threading.Event().wait(0.1)
+    thread.join(5)
+    assert max(seen) == 1 and not _degrade_tables()
+    rows = rec.timings()
+    (band,) = rows[(rows["phase"] == "fault") & (rows["op"] == "degrade")].to_dict("records")
+    assert band["guest"] == g0 and band["error"] == "loss 10%, duplicate 1% → g001, g002"
+    assert float(band["duration_s"]) >= 1.5
+
+
+@pytest.mark.integration
+def test_cli_degrade_restore_and_down_on_a_kept_lab(image: Image, tmp_path: Path) -> None:
+    before = snapshot()
+    reports = tmp_path / "reports"
+    up = scalelab("up", "--guests", "3", "--reports-dir", str(reports))
+    assert up.returncode == 0, up.stderr
+    run_dir = (reports / "latest").resolve()
+    run = run_dir.name
+    try:
+        res = scalelab("fault", "degrade", "g000", "--loss", "150%", "--run", run)
+        one_clear_line(res, "loss '150%' is more than 100%")
+        res = scalelab("fault", "degrade", "g000", "--delay", "100ms", "--run", run)
+        if netem_missing() is not None:
+            one_clear_line(res, "sch_netem")
+        else:
+            assert res.returncode == 0, res.stderr
+        assert scalelab("fault", "restore", "g000", "--run", run).returncode == 0
+        assert not _degrade_tables()
+        res = scalelab("fault", "degrade", "g000", "g001", "--loss", "5%", "--duplicate", "1%",
+                       "--to", "g002", "--run", run)
+        assert res.returncode == 0, res.stderr
+        assert "loss 5%, duplicate 1% → g002" in res.stdout
+        assert len(_degrade_tables()) == 2
+        assert scalelab("fault", "restore", "g000", "--run", run).returncode == 0
+        assert len(_degrade_tables()) == 1  # g001's is still there...
+    finally:
+        assert scalelab("down", run).returncode == 0
+    assert not _degrade_tables()  # ...until the lab went down
+    assert before.diff(snapshot()) == {}
+    rows = pd.read_json(run_dir / "timings.jsonl", lines=True)
+    bands = rows[(rows["phase"] == "fault") & (rows["op"] == "degrade")]
+    assert list(bands["guest"]) == ["g000"]  # recorded at its restore
+    assert list(bands["error"]) == ["loss 5%, duplicate 1% → g002"]
