@@ -53,7 +53,7 @@ def gantt_plots(timings: pd.DataFrame) -> set[str]:
 def metrics_plots(metrics: pd.DataFrame) -> set[str]:
     if metrics.empty:
         return set()
-    longest = metrics.groupby(["scenario", "metric", "guest"], observed=True).size().max()
+    longest = metrics.groupby(["scenario", "metric", "guest"], observed=True)["t"].nunique().max()
     return {"metrics"} if longest >= MIN_SERIES_SAMPLES else set()
 
 

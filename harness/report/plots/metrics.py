@@ -34,7 +34,8 @@ def _gapped(t: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def time_series_metrics(metrics: pd.DataFrame) -> list[str]:
-    """Metrics worth a plot over time: sampled at least MIN_SERIES_SAMPLES times by some guest.
+    """Metrics worth a plot over time: sampled at MIN_SERIES_SAMPLES distinct times or more
+    by some guest in some scenario.
 
     Most used first, at most MAX_METRICS. A metric reported once per guest (a result, not a
     series) belongs in the table, where a lone dot on a time axis would say nothing.
@@ -42,7 +43,8 @@ def time_series_metrics(metrics: pd.DataFrame) -> list[str]:
     if metrics.empty:
         return []
     # Per scenario: a sweep's one value per guest and N is a result at each N, not a series.
-    per_guest = metrics.groupby(["scenario", "metric", "guest"], observed=True).size()
+    # Distinct times: samples an agent printed without "t" all carry its end, one instant.
+    per_guest = metrics.groupby(["scenario", "metric", "guest"], observed=True)["t"].nunique()
     longest = per_guest.groupby(level="metric", observed=True).max()
     total = per_guest.groupby(level="metric", observed=True).sum()
     series = total[longest >= MIN_SERIES_SAMPLES].sort_values(ascending=False, kind="stable")
@@ -97,27 +99,15 @@ def _metric_panel(ax: Axes, m: pd.DataFrame, name: str, span: tuple[float, float
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7)
 
 
-def _time_axes(
-    axes: Sequence[Axes],
-    zone: dt.tzinfo,
-    faults: pd.DataFrame,
-    lost: pd.DataFrame,
-    span: tuple[pd.Timestamp, pd.Timestamp],
-) -> None:
-    """The shared time axis, faults and losses on every panel; their legend once, on the top."""
-    extra: list[Patch] = []
-    for ax in axes:
-        setup_time_axis(ax, zone, *span)
-        extra = time_decorations(ax, faults, lost, *span)
+def _time_axis(ax: Axes, zone: dt.tzinfo, faults: pd.DataFrame, lost: pd.DataFrame,
+               span: tuple[pd.Timestamp, pd.Timestamp]) -> None:
+    """A panel's own time axis (a metric spans only its scenario: a run-wide axis would
+    leave it a sliver), its faults and losses, their handles in its legend."""
+    setup_time_axis(ax, zone, *span)
+    extra: list[Patch] = time_decorations(ax, faults, lost, *span)
     if extra:
-        axes[0].legend(
-            handles=axes[0].get_legend_handles_labels()[0] + extra,
-            loc="upper left",
-            bbox_to_anchor=(1.01, 1.0),
-            fontsize=7,
-        )
-    for ax in axes[:-1]:
-        ax.set_xlabel("")
+        ax.legend(handles=ax.get_legend_handles_labels()[0] + extra, loc="upper left",
+                  bbox_to_anchor=(1.01, 1.0), fontsize=7)
 
 
 def metrics_figure(
@@ -127,14 +117,16 @@ def metrics_figure(
     lost: pd.DataFrame,
     shown: Sequence[str],
 ) -> Figure:
-    """One panel per metric in ``shown`` over time: a line per guest, or median and p5–p95."""
+    """One panel per metric in ``shown`` over its own time: a line per guest, or median and
+    p5–p95."""
     metrics = metrics[metrics["metric"].isin(list(shown))]
-    fig = new_figure(12.0, 0.6 + 2.3 * len(shown))
-    axes = fig.subplots(len(shown), 1, sharex=True, squeeze=False)[:, 0]
-    start, end = metrics["t"].min(), metrics["t"].max()
-    lo, hi = date_nums(pd.Series([start, end]))
+    fig = new_figure(12.0, 0.6 + 2.6 * len(shown))
+    axes = fig.subplots(len(shown), 1, squeeze=False)[:, 0]
     for ax, name in zip(axes, shown, strict=True):
-        _metric_panel(ax, metrics[metrics["metric"] == name].sort_values("t"), name, (lo, hi))
-    _time_axes(list(axes), zone, faults, lost, (start, end))
-    fig.suptitle("agent metrics over time")
+        m = metrics[metrics["metric"] == name].sort_values("t")
+        start, end = m["t"].min(), m["t"].max()
+        lo, hi = date_nums(pd.Series([start, end]))
+        _metric_panel(ax, m, name, (lo, hi))
+        _time_axis(ax, zone, faults, lost, (start, end))
+    fig.suptitle("agent metrics over time (each panel over its own span)")
     return fig

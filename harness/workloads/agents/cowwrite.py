@@ -17,6 +17,7 @@ for i in range(count):
     os.write(fd, data)
     os.fsync(fd)
     os.close(fd)
-    print(json.dumps({"metric": "write_latency", "value": time.perf_counter() - t0, "unit": "s"}))
+    print(json.dumps({"metric": "write_latency", "value": time.perf_counter() - t0, "unit": "s",
+                      "t": time.time()}))
 total = time.perf_counter() - t_all
 print(json.dumps({"metric": "write_throughput", "value": count * size / total, "unit": "B/s"}))
