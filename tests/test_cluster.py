@@ -460,6 +460,29 @@ def test_up_ssh_down(image: Image, tmp_path: Path, mark: str) -> None:
     wait_clean(before, tmp_path, mark)
 
 
+@pytest.mark.integration
+def test_clean_removes_the_lab_network(image: Image, tmp_path: Path, mark: str) -> None:
+    """A kept lab over 3 emulated lab hosts: its VXLAN devices (with their forwarding
+    entries), host and underlay namespaces are all journalled; `scalelab clean RUN` removes
+    every one of them."""
+    before = snapshot()
+    res = cli(mark, "up", "--guests", "3", "--cluster", "local:3", "--reports-dir", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    run = (tmp_path / "latest").resolve()
+    overlay = json.loads((run / "run.json").read_text())["cluster"]["overlay"]
+    assert overlay["kind"] == "vxlan" and len(overlay["underlay"]) == 3
+    shards = [s["run_id"] for s in json.loads((run / "run.json").read_text())["cluster"]["shards"]]
+    devices = [f"slx{run_tag(r)}" for r in shards]
+    links = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
+    assert all(d in links for d in devices), links
+    netns = subprocess.run(["ip", "netns"], capture_output=True, text=True).stdout
+    assert netns.count(f"slh-{run_tag(run.name)}-") == 3 and f"slul-{run_tag(run.name)}" in netns
+    clean = cli(mark, "clean", run.name)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "removed" in clean.stdout
+    wait_clean(before, tmp_path, mark)
+
+
 # -- bad input: one clear line, nothing left -------------------------------------------------
 
 
