@@ -80,3 +80,13 @@ def time_decorations(
     handles = fault_bands(ax, faults)
     lost_in = lost[(lost["start"] >= start) & (lost["start"] <= end)] if not lost.empty else lost
     return handles + lost_lines(ax, lost_in)
+
+
+def efficiency_panel(ax: Axes, n: np.ndarray, eff: np.ndarray) -> None:
+    """Parallel efficiency against N, with the ideal 1.0 dashed."""
+    ax.axhline(1.0, color="#999999", ls="--", lw=1)
+    ax.plot(n, eff, "o-", color="#2ca02c")
+    ax.set_ylabel("parallel efficiency (measured / ideal)")
+    ax.set_title("efficiency (measured / ideal)")
+    finite = eff[np.isfinite(eff)]
+    ax.set_ylim(0, max(1.1, float(finite.max()) * 1.1) if finite.size else 1.1)

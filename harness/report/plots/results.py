@@ -9,7 +9,14 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from harness.report.plots.figure import FAIL_COLOUR, maybe_log, n_axis, n_colours, new_figure
+from harness.report.plots.figure import (
+    FAIL_COLOUR,
+    efficiency_panel,
+    maybe_log,
+    n_axis,
+    n_colours,
+    new_figure,
+)
 from harness.report.results import ResultSeries, agg_label, agg_quantile, is_rate, is_time
 
 #: Up to this many guests a single N is drawn as one bar per guest, else as a histogram.
@@ -55,17 +62,6 @@ def _aggregate_panel(ax: Axes, s: ResultSeries, scale: float, unit: str,
     ax.set_title(agg_label(s.agg, s.unit))
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8)
-
-
-def _efficiency_panel(ax: Axes, s: ResultSeries) -> None:
-    n = s.rows["n_guests"].to_numpy(dtype=float)
-    eff = s.rows["efficiency"].to_numpy(dtype=float)
-    ax.axhline(1.0, color="#999999", ls="--", lw=1)
-    ax.plot(n, eff, "o-", color="#2ca02c")
-    ax.set_ylabel("parallel efficiency (measured / ideal)")
-    ax.set_title("efficiency")
-    finite = eff[np.isfinite(eff)]
-    ax.set_ylim(0, max(1.1, float(finite.max()) * 1.1) if finite.size else 1.1)
 
 
 def _spread_panel(ax: Axes, s: ResultSeries, per_guest: pd.DataFrame, scale: float,
@@ -123,7 +119,8 @@ def metric_result_figure(s: ResultSeries, per_guest: pd.DataFrame, knee: int | N
         unit = s.unit
     _aggregate_panel(axes[0], s, scale, unit, knee)
     if rate:
-        _efficiency_panel(axes[1], s)
+        efficiency_panel(axes[1], s.rows["n_guests"].to_numpy(dtype=float),
+                         s.rows["efficiency"].to_numpy(dtype=float))
     for ax in axes[:-1]:
         n_axis(ax, s.ns)
     _spread_panel(axes[-1], s, per_guest, scale, unit)

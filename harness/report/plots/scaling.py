@@ -8,6 +8,7 @@ from matplotlib.figure import Figure
 
 from harness.report.plots.figure import (
     FAIL_COLOUR,
+    efficiency_panel,
     latency_unit,
     maybe_log,
     n_axis,
@@ -45,13 +46,7 @@ def scaling_figure(stats: pd.DataFrame, knee: Knee | None, title: str) -> Figure
     ax_thr.set_ylim(bottom=0)
     ax_thr.legend(fontsize=8)
 
-    eff = g["efficiency"].to_numpy(dtype=float)
-    ax_eff.axhline(1.0, color="#999999", ls="--", lw=1)
-    ax_eff.plot(n, eff, "o-", color="#2ca02c")
-    ax_eff.set_ylabel("parallel efficiency (measured / ideal)")
-    ax_eff.set_title("efficiency (measured / ideal)")
-    finite = eff[np.isfinite(eff)]
-    ax_eff.set_ylim(0, max(1.1, float(finite.max()) * 1.1) if finite.size else 1.1)
+    efficiency_panel(ax_eff, n, g["efficiency"].to_numpy(dtype=float))
 
     for ax in (ax_lat, ax_thr, ax_eff):
         n_axis(ax, ns)
