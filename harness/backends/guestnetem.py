@@ -11,6 +11,7 @@ takes the undelayed band.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 from harness.backends.base import Guest, GuestShell
@@ -21,4 +22,10 @@ from harness.plumbing import netem
 def shape_in_guest(guest: Guest, rules: Sequence[Shaping], shell: GuestShell) -> None:
     """Make ``rules`` the guest's network conditions (none: its root qdisc back to the
     kernel's default)."""
-    shell(guest, netem.tree_script(rules, classful="prio", control_from_ssh=True))
+    try:
+        shell(guest, netem.tree_script(rules, classful="prio", control_from_ssh=True))
+    except Exception:
+        # Half a tree (say netem would not load) must not stay: back to the default qdisc.
+        with contextlib.suppress(Exception):
+            shell(guest, netem.clear_script())
+        raise
