@@ -61,7 +61,8 @@ def scenario_spans(timings: pd.DataFrame, base: str) -> dict[int, Span]:
 
 
 def _inside(series: pd.Series, span: Span) -> pd.Series:
-    return series[(series.index >= span.start) & (series.index <= span.end + _TAIL)]
+    # A rate at sample t covers the interval before t: one at the span's start is from before.
+    return series[(series.index > span.start) & (series.index <= span.end + _TAIL)]
 
 
 def _host(samples: pd.DataFrame, span: Span) -> list[str]:
@@ -80,7 +81,7 @@ def _host(samples: pd.DataFrame, span: Span) -> list[str]:
 
 def _guest_cpu(samples: pd.DataFrame, span: Span, limit: float | None) -> list[str]:
     cpu = guest_rates(samples, ("cpu_seconds",))
-    cpu = cpu[(cpu["t"] >= span.start) & (cpu["t"] <= span.end + _TAIL)]
+    cpu = cpu[(cpu["t"] > span.start) & (cpu["t"] <= span.end + _TAIL)]
     if cpu.empty:
         return []
     per_guest = cpu.groupby("guest")["rate"].mean()
@@ -94,7 +95,7 @@ def _guest_cpu(samples: pd.DataFrame, span: Span, limit: float | None) -> list[s
 
 def _traffic(samples: pd.DataFrame, span: Span) -> float | None:
     net = guest_rates(samples, ("net_tx_bytes", "net_rx_bytes"))
-    net = net[(net["t"] >= span.start) & (net["t"] <= span.end + _TAIL)]
+    net = net[(net["t"] > span.start) & (net["t"] <= span.end + _TAIL)]
     if net.empty:
         return None
     return float(net.groupby("t")["rate"].sum().mean())
