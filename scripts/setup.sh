@@ -4,9 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# procps: pgrep, which the tests' leak check (tests/leaks.py) needs; bc: bench/floor.sh.
+# procps: pgrep, which the tests' leak check (tests/leaks.py) needs; bc: bench/floor.sh;
+# dnsmasq-base: the DHCP server of addressing=dhcp (qemu).
 DEBS=(debootstrap e2fsprogs iproute2 util-linux procps bc openssh-client nftables
-      qemu-system-x86 qemu-utils chromium python3 python3-venv git ca-certificates)
+      qemu-system-x86 qemu-utils chromium python3 python3-venv git ca-certificates
+      dnsmasq-base)
 missing=()
 for p in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
