@@ -111,19 +111,23 @@ def _aggregate(agg: str, per_guest: pd.Series, samples: np.ndarray) -> float:
 
 
 def tidy_metric_rows(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Metric rows with ``base`` and a chosen ``agg`` (a metric's first stated one wins)."""
+    """Metric rows with ``base`` and a chosen ``agg`` (a metric's first stated unit and agg
+    win); worked out once per (scenario, metric), not per row."""
     m = metrics.copy()
     if "agg" not in m.columns:
         m["agg"] = ""
     m["agg"] = m["agg"].fillna("").astype(str)
-    m["base"] = m["scenario"].map(lambda s: base_scenario(str(s)) if s else "(run)")
-    stated = m[m["agg"] != ""].groupby(["base", "metric"])["agg"].first()
-    unit = m[m["unit"] != ""].groupby(["base", "metric"])["unit"].first()
-    keys = pd.MultiIndex.from_frame(m[["base", "metric"]])
-    m["unit"] = unit.reindex(keys).fillna("").to_numpy()
-    m["agg"] = [choose_agg(u, str(s) if isinstance(s, str) else "")
-                for u, s in zip(m["unit"], stated.reindex(keys).to_numpy(), strict=True)]
-    return m
+    names = {s: base_scenario(str(s)) if s else "(run)" for s in m["scenario"].unique()}
+    m["base"] = m["scenario"].map(names)
+    keys = ["base", "metric"]
+    kinds = m[keys].drop_duplicates().set_index(keys)
+    kinds["unit"] = m[m["unit"] != ""].groupby(keys)["unit"].first()
+    kinds["stated"] = m[m["agg"] != ""].groupby(keys)["agg"].first()
+    kinds = kinds.fillna("")
+    kinds["agg"] = [choose_agg(str(u), str(a))
+                    for u, a in zip(kinds["unit"], kinds["stated"], strict=True)]
+    out: pd.DataFrame = m.drop(columns=["unit", "agg"]).join(kinds[["unit", "agg"]], on=keys)
+    return out
 
 
 def guest_values(metrics: pd.DataFrame) -> pd.DataFrame:
