@@ -29,7 +29,7 @@ import paramiko
 
 from harness.plumbing.result import CommandResult
 from harness.ssh.commands import MAX_OUTPUT, capped_text
-from harness.ssh.executor_guest import CHUNK, Frames, frame
+from harness.ssh.executor_guest import CHUNK, Frames, encode, frame
 from harness.ssh.failures import Failure, GuestError
 
 _SOURCE = (Path(__file__).with_name("executor_guest.py")).read_bytes()
@@ -85,13 +85,12 @@ class _Hub:
                 self._sel.unregister(session.fd)
 
     def _loop(self) -> None:
+        sel = self._sel
         while True:
-            with self._lock:
-                empty = not self._sel.get_map()
-            if empty:  # epoll_wait on nothing would block past the next add
+            if not sel.get_map():  # epoll_wait on nothing would block past the next add
                 time.sleep(0.05)
                 continue
-            for key, _ in self._sel.select(1.0):
+            for key, _ in sel.select(1.0):
                 session: Session = key.data
                 try:
                     session.readable()
@@ -164,7 +163,8 @@ class Session:
 
     # -- requests ------------------------------------------------------------------------
 
-    def submit(self, meta: dict[str, Any], payload: bytes = b"") -> tuple[int, Future[Reply]]:
+    def submit(self, meta: dict[str, Any] | bytes, payload: bytes = b""
+               ) -> tuple[int, Future[Reply]]:
         fut: Future[Reply] = Future()
         with self._lock:
             if self.dead is not None:
@@ -180,12 +180,11 @@ class Session:
         return rid, fut
 
     def start(self, command: str, *, timeout: float | None = None, stdin: bytes | None = None,
-              env: Mapping[str, str] | None = None, cwd: str | None = None) -> Pending:
-        """Send one command; :meth:`Pending.result` waits for it."""
-        meta: dict[str, Any] = {
-            "op": "run", "shell": command, "cap": MAX_OUTPUT, "env": dict(env or {}),
-            "cwd": cwd, "timeout": None if timeout is None else timeout + _GUEST_GRACE,
-        }
+              env: Mapping[str, str] | None = None, cwd: str | None = None,
+              request: bytes | None = None) -> Pending:
+        """Send one command; :meth:`Pending.result` waits for it.  ``request``: what
+        :func:`run_request` made of the same arguments (a fan-out makes it once)."""
+        meta = request or run_request(command, timeout=timeout, env=env, cwd=cwd)
         rid, fut = self.submit(meta, stdin or b"")
         return Pending(self, rid, fut, command, timeout)
 
@@ -240,6 +239,15 @@ class Session:
 
     def close(self) -> None:
         self.die("the session was closed")
+
+
+def run_request(command: str, *, timeout: float | None = None,
+                env: Mapping[str, str] | None = None, cwd: str | None = None) -> bytes:
+    """The encoded meta of a ``run`` request."""
+    return encode({
+        "op": "run", "shell": command, "cap": MAX_OUTPUT, "env": dict(env or {}), "cwd": cwd,
+        "timeout": None if timeout is None else timeout + _GUEST_GRACE,
+    })
 
 
 @dataclass

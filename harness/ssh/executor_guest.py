@@ -45,9 +45,14 @@ _SHELL_ONLY = frozenset((
     "fg", "bg"))
 
 
-def frame(rid: int, meta: dict[str, Any], payload: bytes = b"") -> bytes:
-    m = json.dumps(meta, separators=(",", ":")).encode()
+def frame(rid: int, meta: dict[str, Any] | bytes, payload: bytes = b"") -> bytes:
+    """One frame; ``meta`` as a dict, or already encoded (a fan-out encodes it once)."""
+    m = meta if isinstance(meta, bytes) else encode(meta)
     return HEAD.pack(MAGIC, rid, len(m), len(payload)) + m + payload
+
+
+def encode(meta: dict[str, Any]) -> bytes:
+    return json.dumps(meta, separators=(",", ":")).encode()
 
 
 class Frames:
@@ -116,6 +121,7 @@ class Job:
         self.start = time.time_ns()
         self.mono = time.monotonic_ns()
         self.stdin = memoryview(b"")
+        self.exit_fd = -1  # its pidfd, while one is watched
 
     def add(self, stream: int, data: bytes) -> None:
         buf = self.out if stream == 1 else self.err
@@ -139,7 +145,11 @@ class Executor:
         self.sel = selectors.DefaultSelector()
         self.frames = Frames()
         self.jobs: dict[int, Job] = {}  # request id → job
-        self.pids: dict[int, Job] = {}
+        self.exits: dict[int, Job] = {}  # pidfd → the job whose exit it tells
+        #: Jobs whose exit is polled for (their output closed before they exited, on a
+        #: kernel without pidfds).
+        self.polling: set[Job] = set()
+        self.closing: list[int] = []
         self.fds: dict[int, tuple[Job, int]] = {}  # fd → (job, 0 stdin / 1 out / 2 err)
         me = pwd.getpwuid(os.getuid())
         self.shell = me.pw_shell or "/bin/sh"
@@ -149,15 +159,13 @@ class Executor:
         self.cwd = self.home if os.path.isdir(self.home) else "/"
         os.chdir(self.cwd)
         self.null = os.open(os.devnull, os.O_RDONLY)  # every stdin-less command's stdin
-        # SIGCHLD wakes the loop through a pipe (pidfds are newer than some guest kernels).
-        self.wake_r, wake_w = os.pipe()
-        os.set_blocking(wake_w, False)
-        signal.signal(signal.SIGCHLD, lambda *_: None)
-        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-        self.sel.register(self.wake_r, selectors.EVENT_READ, "wake")
+        # No SIGCHLD handler: a command's exit is reaped when its output has closed (it
+        # has exited by then, but for a moment); a pidfd, or a poll, tells it otherwise.
         self.sel.register(rfd, selectors.EVENT_READ, "in")
 
     def send(self, data: bytes) -> None:
+        if self.wfd < 0:  # the client has hung up: nobody to tell
+            return
         view = memoryview(data)
         while view:
             view = view[os.write(self.wfd, view):]
@@ -167,6 +175,8 @@ class Executor:
         while True:
             deadlines = [j.deadline for j in self.jobs.values() if j.deadline and not j.timed_out]
             wait = None if not deadlines else max(0.0, min(deadlines) - time.monotonic())
+            if self.polling:
+                wait = 0.01 if wait is None else min(wait, 0.01)
             for key, _ in self.sel.select(wait):
                 if key.data == "in":
                     data = os.read(self.rfd, CHUNK)
@@ -175,11 +185,16 @@ class Executor:
                         return
                     for rid, meta, payload in self.frames.feed(data):
                         self.request(rid, meta, payload)
-                elif key.data == "wake":
-                    os.read(self.wake_r, 512)
-                    self.reap()
+                elif key.data == "exit":
+                    self.exited(key.fd)
                 else:
                     self.pipe_event(key.fd, key.events)
+            for fd in self.closing:
+                os.close(fd)
+            self.closing.clear()
+            for job in [j for j in self.polling if self.try_wait(j)]:
+                self.polling.discard(job)
+                self.maybe_done(job)
             self.expire()
 
     def request(self, rid: int, meta: dict[str, Any], payload: bytes) -> None:
@@ -239,7 +254,7 @@ class Executor:
             job.err += f"scalelab executor: {argv[0]}: {exc.strerror or exc}\n".encode()
             self.send(job.reply())
             return
-        self.jobs[rid], self.pids[job.pid] = job, job
+        self.jobs[rid] = job
 
     def spawn(self, argv: list[str], env: dict[str, str], cwd: str, job: Job,
               payload: bytes) -> int:
@@ -253,7 +268,7 @@ class Executor:
                                                   or argv[0])
             pid = os.posix_spawn(
                 exe, argv, env, setsid=True,
-                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD),
+                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
                 file_actions=[(os.POSIX_SPAWN_DUP2, stdin[0], 0),
                               (os.POSIX_SPAWN_DUP2, out[1], 1),
                               (os.POSIX_SPAWN_DUP2, err[1], 2)])
@@ -285,9 +300,13 @@ class Executor:
         job, _ = self.fds.pop(fd)
         job.open_fds.discard(fd)
         self.sel.unregister(fd)
-        os.close(fd)
+        # Closed after the batch of events: a number freed now and reused by a spawn in
+        # the same batch would take a later event meant for the old descriptor.
+        self.closing.append(fd)
 
     def pipe_event(self, fd: int, events: int) -> None:
+        if fd not in self.fds:  # unwatched by an earlier event of the same batch
+            return
         job, stream = self.fds[fd]
         if stream == 0:
             try:
@@ -304,26 +323,53 @@ class Executor:
                 self.unwatch(fd)
         self.maybe_done(job)
 
-    def reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            job = self.pids.pop(pid, None)
-            if job is not None:
-                code = os.waitstatus_to_exitcode(status)
-                # Killed by a signal: what a shell would say (128 + the signal's number).
-                job.status = code if code >= 0 else 128 - code
+    def try_wait(self, job: Job) -> bool:
+        """Reap ``job``'s process if it has exited."""
+        if job.status is not None:
+            return True
+        pid, status = os.waitpid(job.pid, os.WNOHANG)
+        if pid == 0:
+            return False
+        code = os.waitstatus_to_exitcode(status)
+        # Killed by a signal: what a shell would say (128 + the signal's number).
+        job.status = code if code >= 0 else 128 - code
+        return True
+
+    def watch_exit(self, job: Job) -> None:
+        if job.exit_fd >= 0 or job in self.polling:
+            return
+        try:
+            fd = os.pidfd_open(job.pid)
+        except (AttributeError, OSError):  # Python < 3.9 or Linux < 5.3
+            self.polling.add(job)
+            return
+        self.exits[fd], job.exit_fd = job, fd
+        self.sel.register(fd, selectors.EVENT_READ, "exit")
+
+    def exited(self, fd: int) -> None:
+        job = self.exits.get(fd)
+        if job is not None:  # else: its job finished earlier in the same batch
+            self.unwatch_exit(job)
+            if self.try_wait(job):
                 self.maybe_done(job)
 
+    def unwatch_exit(self, job: Job) -> None:
+        self.polling.discard(job)
+        if job.exit_fd >= 0:
+            del self.exits[job.exit_fd]
+            self.sel.unregister(job.exit_fd)
+            self.closing.append(job.exit_fd)
+            job.exit_fd = -1
+
     def maybe_done(self, job: Job) -> None:
-        if job.status is None or (job.open_fds and not job.timed_out):
+        if job.open_fds and not job.timed_out:
+            return
+        if job.status is None and not self.try_wait(job):
+            self.watch_exit(job)  # output closed, process not yet gone
             return
         for fd in list(job.open_fds):  # a timed-out job's escaped children may hold them
             self.unwatch(fd)
+        self.unwatch_exit(job)
         del self.jobs[job.rid]
         self.send(job.reply())
 
@@ -331,6 +377,7 @@ class Executor:
         job.timed_out = True
         with contextlib.suppress(OSError):  # gone already
             os.killpg(job.pid, signal.SIGKILL)
+        self.maybe_done(job)
 
     def expire(self) -> None:
         now = time.monotonic()
@@ -340,6 +387,7 @@ class Executor:
 
     def hang_up(self) -> None:
         """The client is gone: what it started and is still waiting for goes too."""
+        self.wfd = -1
         for job in list(self.jobs.values()):
             self.kill(job)
 

@@ -19,7 +19,7 @@ import paramiko
 
 from harness.plumbing.result import CommandResult
 from harness.ssh.commands import run_on
-from harness.ssh.executor import NoExecutor, Pending, Session
+from harness.ssh.executor import NoExecutor, Pending, Session, run_request
 from harness.ssh.failures import Failure, GuestError
 
 #: Seconds the executor gets to start when the command has no timeout of its own.
@@ -84,12 +84,13 @@ def start_all(clients: Mapping[str, paramiko.SSHClient], names: Iterable[str], c
     """Send ``command`` at once to every guest of ``names`` with a live session (the rest
     are left to the caller): one frame each, from this thread, no thread per guest."""
     out: dict[str, Pending] = {}
+    request = run_request(command, timeout=timeout)
     for name in names:
         session = session_of(clients[name])
         if session is None:
             continue
         try:
-            out[name] = session.start(command, timeout=timeout)
+            out[name] = session.start(command, timeout=timeout, request=request)
         except GuestError:
             continue  # died just now: the caller's slow path opens a new one or says why
     return out
