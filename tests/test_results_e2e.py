@@ -4,6 +4,7 @@ against N — no headline marker, no help from the project's scenarios."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -21,6 +22,8 @@ pytestmark = pytest.mark.integration
 SCENARIO = '''
 from pathlib import Path
 
+import pytest
+
 from harness.quorum import check_quorum
 
 HERE = Path(__file__).parent
@@ -30,6 +33,12 @@ def test_my_service(agents, quorum):
     remote = agents.deploy(HERE / "my_agent.py")
     group = agents.run("my_agent", ["python3", remote])
     check_quorum(group, quorum)
+
+
+@pytest.mark.headline("jobs_per_s")
+def test_my_declared_service(agents, quorum):
+    remote = agents.deploy(HERE / "my_agent.py")
+    check_quorum(agents.run("my_agent", ["python3", remote]), quorum)
 '''
 
 # The user's agent: JSON metric lines on stdout, anything else is its log.
@@ -67,6 +76,7 @@ def test_user_scenario_sweep_reports_metric_per_n(image: Image, tmp_path: Path) 
 
     html = (run / "index.html").read_text()
     results = html.split('<section id="results">', 1)[1].split('<section id="scenarios">')[0]
+    results = results.split('id="r-test_my_service"', 1)[1].split('<section class="result"')[0]
     rows = re.findall(r"<tr><td>jobs_per_s</td><td>sum over guests</td>"
                       r'<td class="num">(\d+)</td><td class="num">\d+</td>\s*'
                       r'<td class="num">([^<]+)</td>', results)
@@ -77,4 +87,15 @@ def test_user_scenario_sweep_reports_metric_per_n(image: Image, tmp_path: Path) 
     assert (run / "plots" / f"{plot}.png").stat().st_size > 10_000
     # No headline marker: the harness operation is the scenario's headline in the summary.
     summary = html.split('<section id="summary">', 1)[1].split("</section>", 1)[0]
-    assert "my_agent throughput" in summary and "harness operation" in summary
+    heads = dict(re.findall(r'<a href="#r-([^"]+)">.*?</a></td>\s*<td>(.*?)</td>', summary, re.S))
+    assert "my_agent throughput" in heads["test_my_service"], heads
+    assert "harness operation" in heads["test_my_service"]
+    # The marked one's headline is its metric, summed per N (the plugin put it in run.json).
+    assert heads["test_my_declared_service"].startswith("jobs_per_s"), heads
+    info = json.loads((run / "run.json").read_text())
+    assert {t["test"]: t["headline"] for t in info["tests"]} == {
+        "test_my_service[n=1]": None, "test_my_service[n=2]": None,
+        "test_my_declared_service[n=1]": "jobs_per_s",
+        "test_my_declared_service[n=2]": "jobs_per_s"}
+    row = summary.split('href="#r-test_my_declared_service"', 1)[1].split("</tr>", 1)[0]
+    assert re.findall(r'<td class="num">([^<]+)</td>', row) == ["25 jobs/s", "50 jobs/s"]

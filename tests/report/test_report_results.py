@@ -130,3 +130,26 @@ def test_report_lists_headline_per_n_and_its_knee(tmp_path: Path) -> None:
     assert 'id="plot-result-test_load-request_p50"' in results
     # The operations of each N start together: drawn as segments from start to end.
     assert "operations from start to end" in html
+
+
+def test_an_agent_lines_agg_field_reaches_the_results(tmp_path: Path) -> None:
+    from harness.store import Context, Store
+    from harness.workloads import parse_agent_output
+
+    parsed = parse_agent_output('{"metric": "lat", "value": 0.25, "unit": "s", "agg": "max"}\n'
+                                '{"metric": "lat", "value": 0.5, "unit": "s"}\nplain log\n')
+    assert [m["agg"] for m in parsed.metrics] == ["max", ""] and parsed.log == ["plain log"]
+    store = Store(tmp_path, Context(run_id="r", scenario="test_x[n=2]", n_guests=2))
+    rec = store.scoped()
+    for guest, m in zip(("g0", "g1"), parsed.metrics, strict=True):
+        rec.metric(m["metric"], m["value"], unit=m["unit"], guest=guest, agg=m["agg"])
+    store.finish()
+    (row,) = metric_results(load_run_metrics(tmp_path)).to_dict(orient="records")
+    assert (row["agg"], row["value"]) == ("max", 0.5)  # the first stated agg wins
+
+
+def load_run_metrics(run_dir: Path) -> pd.DataFrame:
+    from harness.report.rundata import tidy_metrics
+    from harness.store import load_metrics
+
+    return tidy_metrics(load_metrics(run_dir))
