@@ -15,7 +15,12 @@ from harness.errors import UserError
 from harness.report.export import PlotFile, save_figure, slug
 from harness.report.plots.figure import latency_unit, n_axis, new_figure
 from harness.report.regression import Regression, fmt_value
-from harness.report.resultcompare import ResultChange, compare_results, results_text
+from harness.report.resultcompare import (
+    ResultChange,
+    compare_results,
+    headline_figure,
+    results_text,
+)
 from harness.report.rundata import RunData, load_run
 from harness.report.summary import series_stats
 from harness.report.templating import environment, write_page
@@ -211,6 +216,25 @@ def compare_figure(a: pd.DataFrame, b: pd.DataFrame, title: str) -> Figure | Non
     return fig
 
 
+def _plots(stats_a: pd.DataFrame, stats_b: pd.DataFrame, results: list[ResultChange],
+           out: Path) -> list[PlotFile]:
+    """The harness operations of both runs against N, then each scenario's headline."""
+    plots: list[PlotFile] = []
+    titles = sorted(set(stats_a["title"]) | set(stats_b["title"]))
+    for title in titles:
+        fig = compare_figure(
+            stats_a[stats_a["title"] == title], stats_b[stats_b["title"] == title], str(title)
+        )
+        if fig is not None:
+            plots.append(save_figure(fig, out, f"compare-{slug(str(title))}", str(title)))
+    for scenario in sorted({c.scenario for c in results if c.headline}):
+        head = headline_figure(results, scenario)
+        if head is not None:
+            plots.append(save_figure(head, out, f"compare-headline-{slug(scenario)}",
+                                     f"{scenario} headline"))
+    return plots
+
+
 def compare_runs(run_a: Path, run_b: Path, out_dir: Path, threshold: float = 0.10) -> CompareResult:
     """Compare run B against run A; write ``compare.html`` and ``compare.txt`` into ``out_dir``.
 
@@ -234,14 +258,7 @@ def compare_runs(run_a: Path, run_b: Path, out_dir: Path, threshold: float = 0.1
     out.mkdir(parents=True, exist_ok=True)
     text_path = out / COMPARE_TEXT
     text_path.write_text(text, encoding="utf-8")
-    plots: list[PlotFile] = []
-    titles = sorted(set(stats_a["title"]) | set(stats_b["title"]))
-    for title in titles:
-        fig = compare_figure(
-            stats_a[stats_a["title"] == title], stats_b[stats_b["title"] == title], str(title)
-        )
-        if fig is not None:
-            plots.append(save_figure(fig, out, f"compare-{slug(str(title))}", str(title)))
+    plots = _plots(stats_a, stats_b, results, out)
     zone = zone_for_run(None, b.info)
     html_path = write_page(
         environment(zone),

@@ -7,7 +7,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+from matplotlib.figure import Figure
+
 from harness.report.headline import declared_headlines
+from harness.report.plots.figure import n_axis, new_figure
+from harness.report.plots.results import value_scale
 from harness.report.regression import Regression, fmt_value
 from harness.report.results import agg_label, higher_is_better, metric_results
 from harness.report.rundata import RunData
@@ -91,3 +96,27 @@ def results_text(changes: list[ResultChange]) -> list[str]:
     lines.append("(* the scenario's headline)")
     return lines
 
+
+
+def headline_figure(changes: list[ResultChange], scenario: str) -> Figure | None:
+    """The scenario's headline against N in both runs (None without a headline or when it is
+    at fewer than two N in both runs: the table says it all then)."""
+    rows = [c for c in changes if c.scenario == scenario and c.headline]
+    ns = sorted({c.n_guests for c in rows})
+    if len(ns) < 2:
+        return None
+    metric, unit = rows[0].metric, rows[0].unit
+    fig = new_figure(7.0, 3.4)
+    ax = fig.add_subplot()
+    values = np.array([[c.a, c.b] for c in rows], dtype=float)
+    scale, shown = value_scale(unit, values)
+    for col, (label, style) in enumerate((("A", "o--"), ("B", "s-"))):
+        pts = sorted((c.n_guests, values[i, col]) for i, c in enumerate(rows))
+        ax.plot([n for n, _ in pts], [v * scale for _, v in pts], style, label=label)
+    n_axis(ax, ns)
+    ax.set_ylim(bottom=0)
+    ax.set_ylabel(f"{metric} ({shown})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{scenario}: headline {metric}, A (dashed) vs B (solid)")
+    return fig

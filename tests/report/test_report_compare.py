@@ -190,6 +190,7 @@ def test_a_20_percent_drop_of_the_headline_rate_is_flagged(
     assert "requests_per_s (headline) 800 req/s → 640 req/s (-20.0 %)" in result.text
     html = result.html_path.read_text()
     assert html.count("requests_per_s ★") == 5
+    assert "compare-headline-test_load" in {p.name for p in result.plots}
     # Under a 25 % threshold a 20 % drop is not a regression.
     assert compare_runs(sweeps["base"], sweeps["slower"], tmp_path / "t", threshold=0.25).ok
 
