@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 from helpers.labs import lab_session, run_ok
-from helpers.probes import median, probe, start_echo
+from helpers.probes import median_rtt, ssh_rtt, start_echo
 
 from harness.faults import Nemesis
 from harness.image.cache import Image
@@ -35,16 +35,11 @@ def lab(session: Session) -> Iterator[Lab]:
 
 
 def _rtt(lab: Lab, src: str, dst: str) -> float:
-    """Median guest-to-guest UDP round trip, ms (30 probes, 50 ms apart: TCG is slow)."""
-    return median(list(probe(lab.require_fleet(), src, dst, count=30, interval=0.05,
-                             wait=2.0).rtts))
+    return median_rtt(lab.require_fleet(), src, dst)
 
 
 def _ssh_rtt(lab: Lab, name: str) -> float:
-    """Median seconds of a `true` over the harness's own SSH connection."""
-    fleet = lab.require_fleet()
-    return median([fleet.run("true", names=[name]).results[name].duration_s
-                   for _ in range(9)])
+    return ssh_rtt(lab.require_fleet(), name)
 
 
 def test_qemu_delay_100ms_between_two_vms(session: Session, lab: Lab) -> None:

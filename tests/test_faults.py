@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers.scenarios import run_scenario
 from leaks import PROJECT, snapshot
 
 from harness.config import build_config
@@ -217,17 +218,8 @@ def test_after_loss(fleet, n_guests):
 
 def test_two_of_sixteen_killed_quorum_passes(image: Image, tmp_path: Path) -> None:
     before = snapshot()
-    scen = tmp_path / "scen"
-    scen.mkdir()
-    (scen / "test_kill.py").write_text(KILL_SCENARIO)
-    res = subprocess.run(
-        [sys.executable, "-m", "pytest", str(scen), "--guests=16", f"--rootdir={PROJECT}",
-         f"--reports-dir={tmp_path / 'r'}", "-p", "no:cacheprovider", "-q"],
-        cwd=PROJECT, capture_output=True, text=True, timeout=300,
-    )
-    assert res.returncode == 0, res.stdout[-3000:]
+    run = run_scenario(tmp_path, "test_kill.py", KILL_SCENARIO, guests=16)
     assert before.diff(snapshot()) == {}
-    run = (tmp_path / "r" / "latest").resolve()
     t = pd.read_parquet(run / "timings.parquet")
     lost = t[t["phase"] == "lost"]
     assert sorted(lost["guest"]) == ["g003", "g004"]

@@ -58,3 +58,15 @@ def binomial_bounds(n: int, p: float, sigmas: float = 4.0) -> tuple[float, float
 
 def median(values: list[float]) -> float:
     return float(statistics.median(values))
+
+
+def median_rtt(fleet: FanOut, src: str, dst: str, count: int = 30,
+               interval: float = 0.05) -> float:
+    """Median guest-to-guest UDP round trip, ms (VMs under TCG are slow: few, spaced)."""
+    return median(list(probe(fleet, src, dst, count=count, interval=interval, wait=2.0).rtts))
+
+
+def ssh_rtt(fleet: FanOut, name: str, rounds: int = 9) -> float:
+    """Median seconds of a `true` over the harness's own SSH connection to ``name``."""
+    return median([fleet.run("true", names=[name]).results[name].duration_s
+                   for _ in range(rounds)])

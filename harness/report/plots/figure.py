@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-from harness.report.timeaxis import fault_bands, lost_lines
+from harness.report.timeaxis import date_num, fault_bands, lost_lines
 
 FAIL_COLOUR = "#d62728"
 
@@ -78,6 +78,11 @@ def time_decorations(
         op, detail = faults["op"].astype(str), faults["error"].astype(object).fillna("").astype(str)
         faults = faults.assign(op=op.where(op != "degrade", op + ": " + detail))
     handles = fault_bands(ax, faults)
+    if "error" in faults:  # ...and named inside the band, for plots that draw no legend
+        marks = faults[faults["op"].astype(str).str.startswith("degrade: ")]
+        for at, label in marks[["start", "op"]].drop_duplicates().itertuples(index=False):
+            ax.text(date_num(at), 0.98, f" {label}", transform=ax.get_xaxis_transform(),
+                    va="top", ha="left", fontsize=6, color="#555555", clip_on=True)
     lost_in = lost[(lost["start"] >= start) & (lost["start"] <= end)] if not lost.empty else lost
     return handles + lost_lines(ax, lost_in)
 
