@@ -87,7 +87,8 @@ def test_defaults_are_the_old_ones() -> None:
     assert (opts.smp, opts.cpu, opts.tb_size, opts.quiet, opts.append) == (1, "", 64, True, "")
     assert opts.memory_bytes() == 256 << 20 and opts.disk_bytes == 64 << 20
     assert QemuOptions.known() == {"memory", "accel", "net", "init", "upper", "disk", "smp",
-                                   "cpu", "tb_size", "quiet", "append"}
+                                   "cpu", "tb_size", "quiet", "append", "addressing"}
+    assert opts.addressing == "static"
 
 
 @pytest.mark.parametrize(
@@ -129,7 +130,9 @@ def test_options_from_the_url() -> None:
 @pytest.mark.parametrize(
     ("options", "needles"),
     [
-        ({"memroy": "256M"}, ("'memroy' is unknown", "accel, append, cpu, disk")),
+        ({"memroy": "256M"}, ("'memroy' is unknown", "accel, addressing, append, cpu, disk")),
+        ({"addressing": "bootp"}, ("addressing='bootp'", "static", "dhcp")),
+        ({"addressing": "dhcp", "net": "user"}, ("addressing=dhcp", "net=tap")),
         ({"colour": "red", "size": "1"}, ("'colour', 'size' are unknown", "tb_size, upper")),
         ({"accel": "xen"}, ("accel='xen'", "accel=auto or accel=kvm or accel=tcg")),
         ({"net": "bridge"}, ("net='bridge'", "net=user")),

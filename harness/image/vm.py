@@ -33,6 +33,8 @@ from harness.image.commands import Progress, chroot_script, stream
 ASSETS = Path(__file__).parent / "initramfs"
 #: Where the lean init is installed in the image (``init=`` on the kernel command line).
 GUEST_INIT = "/usr/lib/scalelab/init"
+#: The DHCP client the lean init runs for ``ip=dhcp``.
+GUEST_DHCP_CLIENT = "/usr/lib/scalelab/dhcp-client"
 GUEST_UNIT = "scalelab-guest.service"
 KERNEL_FILE = "vmlinuz"
 INITRD_FILE = "initrd.img"
@@ -87,6 +89,8 @@ def install_guest_files(rootfs: Path) -> None:
     (conf / "conf.d").mkdir(parents=True, exist_ok=True)
     (conf / "conf.d/scalelab.conf").write_text(INITRAMFS_CONF)
     _install(ASSETS / "guest/init", rootfs / GUEST_INIT.lstrip("/"))
+    # The DHCP client of ip=dhcp (addressing=dhcp), beside the init that runs it.
+    _install(ASSETS / "guest/dhcp-client", rootfs / GUEST_DHCP_CLIENT.lstrip("/"))
     # Mount points of the two layers, so the init-bottom script never writes to make them.
     for d in ("ro", "rw"):
         (rootfs / d).mkdir(exist_ok=True)

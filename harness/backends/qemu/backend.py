@@ -14,6 +14,7 @@ from typing import Any
 
 from harness.backends.base import Backend, FaultNotSupported, Guest, GuestShell, RunContext, now_ns
 from harness.backends.guestnetem import shape_in_guest
+from harness.backends.qemu import dhcp
 from harness.backends.qemu.accel import choose_accel
 from harness.backends.qemu.argv import QEMU, VmNic, VmPaths, qemu_argv
 from harness.backends.qemu.blockstats import read_block_samples
@@ -170,6 +171,8 @@ class QemuBackend(Backend):
     def up(self, specs: Sequence[GuestSpec]) -> list[Guest]:
         self.run.logs.mkdir(parents=True, exist_ok=True)
         taps = self._make_taps(specs) if self.net == "tap" else {}
+        if self.opts.addressing == "dhcp":  # before any VM asks for its lease
+            dhcp.start(self.bridge if taps else "", specs, self.run.dir / "dhcp", self._record)
         with self.run.consoles.spawning():
             guests = [self._spawn(spec, taps.get(spec.name)) for spec in specs]
         self.guests = guests

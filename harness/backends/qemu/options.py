@@ -13,11 +13,13 @@ Accel = Literal["auto", "kvm", "tcg"]
 Net = Literal["auto", "tap", "user"]
 Init = Literal["lean", "systemd"]
 Upper = Literal["disk", "tmpfs"]
+Addressing = Literal["static", "dhcp"]
 # The first of each is the default.
 ACCELS: tuple[Accel, ...] = ("auto", "kvm", "tcg")
 NETS: tuple[Net, ...] = ("auto", "tap", "user")
 INITS: tuple[Init, ...] = ("lean", "systemd")
 UPPERS: tuple[Upper, ...] = ("disk", "tmpfs")
+ADDRESSINGS: tuple[Addressing, ...] = ("static", "dhcp")
 
 #: Host memory a VM costs beyond its guest RAM and TCG's translation cache (QEMU itself,
 #: its devices), used only to refuse labs that cannot fit.
@@ -74,6 +76,9 @@ class QemuOptions:
     tb_size: int | None = 64
     quiet: bool = True  # no kernel messages on the console
     append: str = ""  # more kernel command line, added last
+    #: static: the address on the kernel command line (ip=); dhcp: a dnsmasq on the lab
+    #: bridge leases each MAC its identity's address (harness.backends.qemu.dhcp)
+    addressing: Addressing = "static"
 
     @classmethod
     def known(cls) -> frozenset[str]:
@@ -103,9 +108,12 @@ class QemuOptions:
         cpu = options.get("cpu", "")
         if any(c.isspace() for c in cpu):
             raise UserError(f"qemu option cpu={cpu!r}: one CPU model name")
+        addressing = _choice(options, "addressing", ADDRESSINGS)
+        if addressing == "dhcp" and net == "user":
+            raise UserError("qemu option addressing=dhcp needs the lab bridge: use net=tap")
         return cls(memory=memory, accel=accel, net=net, init=init, upper=upper, disk=disk,
                    smp=smp, cpu=cpu, tb_size=tb_size, quiet=quiet,
-                   append=options.get("append", ""))
+                   append=options.get("append", ""), addressing=addressing)
 
     @property
     def disk_bytes(self) -> int:
