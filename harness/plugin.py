@@ -130,9 +130,11 @@ def _test_record(item: pytest.Item, report: pytest.TestReport, outcome: str) -> 
     callspec = getattr(item, "callspec", None)
     n = callspec.params.get("n_guests") if callspec is not None else None
     headline = item.get_closest_marker("headline")
+    rec = item.funcargs.get("recorder") if isinstance(item, pytest.Function) else None
+    named = rec.headline_metric if isinstance(rec, Recorder) else None  # recorder.headline()
     return {"test": item.name, "nodeid": item.nodeid, "n_guests": n, "outcome": outcome,
             "when": report.when, "duration_s": round(report.duration, 3), "reason": reason,
-            "headline": str(headline.args[0]) if headline and headline.args else None}
+            "headline": named or (str(headline.args[0]) if headline and headline.args else None)}
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -221,6 +221,11 @@ class Recorder:
     def __init__(self, store: Store, context: Context) -> None:
         self.store = store
         self.context = context
+        self.headline_metric: str | None = None
+
+    def headline(self, metric: str) -> None:
+        """Name the agent metric that is this scenario's result (as @pytest.mark.headline)."""
+        self.headline_metric = metric
 
     def _base(self, guest: str | None) -> dict[str, Any]:
         c = self.context

@@ -39,6 +39,12 @@ def test_my_service(agents, quorum):
 def test_my_declared_service(agents, quorum):
     remote = agents.deploy(HERE / "my_agent.py")
     check_quorum(agents.run("my_agent", ["python3", remote]), quorum)
+
+
+def test_my_named_service(agents, recorder, quorum):
+    recorder.headline("job_seconds")  # the call does what the marker does
+    remote = agents.deploy(HERE / "my_agent.py")
+    check_quorum(agents.run("my_agent", ["python3", remote]), quorum)
 '''
 
 # The user's agent: JSON metric lines on stdout, anything else is its log.
@@ -96,6 +102,8 @@ def test_user_scenario_sweep_reports_metric_per_n(image: Image, tmp_path: Path) 
     assert {t["test"]: t["headline"] for t in info["tests"]} == {
         "test_my_service[n=1]": None, "test_my_service[n=2]": None,
         "test_my_declared_service[n=1]": "jobs_per_s",
-        "test_my_declared_service[n=2]": "jobs_per_s"}
+        "test_my_declared_service[n=2]": "jobs_per_s",
+        "test_my_named_service[n=1]": "job_seconds", "test_my_named_service[n=2]": "job_seconds"}
+    assert heads["test_my_named_service"].startswith("job_seconds"), heads
     row = summary.split('href="#r-test_my_declared_service"', 1)[1].split("</tr>", 1)[0]
     assert re.findall(r'<td class="num">([^<]+)</td>', row) == ["25 jobs/s", "50 jobs/s"]
