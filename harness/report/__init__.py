@@ -7,9 +7,13 @@ The CLI and the pytest plugin use :func:`render_report`, :func:`resolve_zone` an
 - ``rundata``: loading a run directory (and rebuilding Parquet of an interrupted run)
 - ``scenarios``: grouping a sweep's ``test[n=..]`` nodes back into one scenario
 - ``summary``: percentiles, throughput, efficiency, the scaling knee, failures
+- ``results``: agent metrics aggregated over guests per scenario and N (sum, percentiles, mean)
+- ``headline`` / ``knee``: each scenario's headline across N, its knee and what ran out there
+- ``resultsection``: the page's Results (a table and a plot per metric)
 - ``plots`` / ``timeaxis`` / ``export``: the figures, their time axes, PNG + SVG files
 - ``templating`` / ``render``: the HTML page
-- ``compare``: what changed between two runs
+- ``compare`` / ``resultcompare`` / ``regression``: what changed between two runs, the
+  harness operations' and the agents' results, and what got worse
 """
 
 from __future__ import annotations
