@@ -17,16 +17,24 @@ header with ids, then the message); the code is ours.
 
 from __future__ import annotations
 
-import contextlib
-import json
+import marshal
 import os
 import pwd
-import selectors
-import signal
+import select
 import struct
 import sys
 import time
-from typing import Any
+
+# What the executor imports is what every guest pays at each start, 64 at once in a boot
+# storm: no ``json`` (its ``re`` and ``enum`` cost ~25 ms), ``typing``, ``selectors``,
+# ``contextlib`` or ``signal`` (an ``enum`` again), only modules built into the
+# interpreter or nearly.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal
+    from typing import Any
+else:
+    import _signal as signal
 
 MAGIC = 0x534C  # "SL"
 #: magic, request id, meta length, payload length.
@@ -45,21 +53,42 @@ _SHELL_ONLY = frozenset((
     "fg", "bg"))
 
 
-def frame(rid: int, meta: dict[str, Any] | bytes, payload: bytes = b"") -> bytes:
-    """One frame; ``meta`` as a dict, or already encoded (a fan-out encodes it once)."""
-    m = meta if isinstance(meta, bytes) else encode(meta)
-    return HEAD.pack(MAGIC, rid, len(m), len(payload)) + m + payload
+def frame(rid: int, meta: bytes, payload: bytes = b"") -> bytes:
+    """One frame of an encoded ``meta``: :func:`encode_request` from the client,
+    :func:`encode_reply` from the executor."""
+    return HEAD.pack(MAGIC, rid, len(meta), len(payload)) + meta + payload
 
 
-def encode(meta: dict[str, Any]) -> bytes:
-    return json.dumps(meta, separators=(",", ":")).encode()
+def encode_request(meta: dict[str, Any]) -> bytes:
+    """A request's meta: ``marshal`` (built in; the client is trusted by the executor)."""
+    return marshal.dumps(meta, 4)
+
+
+def encode_reply(meta: dict[str, Any]) -> bytes:
+    """A reply's meta: JSON (the client parses what a guest says as data, never more),
+    written by hand for the few types a reply has."""
+    return _json(meta).encode()
+
+
+def _json(v: Any) -> str:
+    if v is None or isinstance(v, bool):
+        return {None: "null", True: "true", False: "false"}[v]
+    if isinstance(v, (int, float)):  # a tuple: guests may run a Python before 3.10
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + "".join(c if " " <= c < "\x7f" and c not in '"\\' else
+                             f"\\u{ord(c):04x}" for c in v) + '"'
+    if isinstance(v, dict):
+        return "{" + ",".join(f"{_json(str(k))}:{_json(x)}" for k, x in v.items()) + "}"
+    return "[" + ",".join(_json(x) for x in v) + "]"
 
 
 class Frames:
-    """Frames cut from a byte stream as it arrives."""
+    """Frames cut from a byte stream as it arrives, each meta read by ``decode``."""
 
-    def __init__(self) -> None:
+    def __init__(self, decode: Any = marshal.loads) -> None:
         self.buf = bytearray()
+        self.decode = decode
 
     def feed(self, data: bytes) -> list[tuple[int, dict[str, Any], bytes]]:
         self.buf += data
@@ -71,7 +100,7 @@ class Frames:
             end = HEAD.size + mlen + plen
             if len(self.buf) < end:
                 break
-            meta = json.loads(bytes(self.buf[HEAD.size:HEAD.size + mlen]))
+            meta = self.decode(bytes(self.buf[HEAD.size:HEAD.size + mlen]))
             out.append((rid, meta, bytes(self.buf[HEAD.size + mlen:end])))
             del self.buf[:end]
         return out
@@ -134,7 +163,38 @@ class Job:
         meta = {"status": self.status, "out": len(self.out), "err": len(self.err),
                 "dropped": self.dropped, "start": self.start, "end": end,
                 "timed_out": self.timed_out, "error": error}
-        return frame(self.rid, meta, bytes(self.out) + bytes(self.err))
+        return frame(self.rid, encode_reply(meta), bytes(self.out) + bytes(self.err))
+
+
+class _Key:
+    __slots__ = ("data", "fd")
+
+    def __init__(self, fd: int, data: str) -> None:
+        self.fd, self.data = fd, data
+
+
+class Poller:
+    """The part of ``selectors`` the loop uses, over ``select.poll`` (no import cost)."""
+
+    def __init__(self) -> None:
+        self.poll = select.poll()
+        self.keys: dict[int, _Key] = {}
+
+    def register(self, fd: int, events: int, data: str) -> None:
+        self.keys[fd] = _Key(fd, data)
+        self.poll.register(fd, events)
+
+    def unregister(self, fd: int) -> None:
+        del self.keys[fd]
+        self.poll.unregister(fd)
+
+    def select(self, timeout: float | None) -> list[tuple[_Key, int]]:
+        ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
+        return [(self.keys[fd], ev) for fd, ev in self.poll.poll(ms) if fd in self.keys]
+
+
+READ = select.POLLIN | select.POLLHUP | select.POLLERR
+WRITE = select.POLLOUT | select.POLLERR
 
 
 class Executor:
@@ -142,7 +202,7 @@ class Executor:
 
     def __init__(self, rfd: int = 0, wfd: int = 1) -> None:
         self.rfd, self.wfd = rfd, wfd
-        self.sel = selectors.DefaultSelector()
+        self.sel = Poller()
         self.frames = Frames()
         self.jobs: dict[int, Job] = {}  # request id → job
         self.exits: dict[int, Job] = {}  # pidfd → the job whose exit it tells
@@ -161,7 +221,7 @@ class Executor:
         self.null = os.open(os.devnull, os.O_RDONLY)  # every stdin-less command's stdin
         # No SIGCHLD handler: a command's exit is reaped when its output has closed (it
         # has exited by then, but for a moment); a pidfd, or a poll, tells it otherwise.
-        self.sel.register(rfd, selectors.EVENT_READ, "in")
+        self.sel.register(rfd, READ, "in")
 
     def send(self, data: bytes) -> None:
         if self.wfd < 0:  # the client has hung up: nobody to tell
@@ -171,13 +231,14 @@ class Executor:
             view = view[os.write(self.wfd, view):]
 
     def serve(self) -> None:
-        self.send(frame(0, {"hello": 1, "pid": os.getpid(), "python": sys.version.split()[0]}))
+        self.send(frame(0, encode_reply(
+            {"hello": 1, "pid": os.getpid(), "python": sys.version.split()[0]})))
         while True:
             deadlines = [j.deadline for j in self.jobs.values() if j.deadline and not j.timed_out]
             wait = None if not deadlines else max(0.0, min(deadlines) - time.monotonic())
             if self.polling:
                 wait = 0.01 if wait is None else min(wait, 0.01)
-            for key, _ in self.sel.select(wait):
+            for key, events in self.sel.select(wait):
                 if key.data == "in":
                     data = os.read(self.rfd, CHUNK)
                     if not data:
@@ -188,7 +249,7 @@ class Executor:
                 elif key.data == "exit":
                     self.exited(key.fd)
                 else:
-                    self.pipe_event(key.fd, key.events)
+                    self.pipe_event(key.fd, events)
             for fd in self.closing:
                 os.close(fd)
             self.closing.clear()
@@ -207,11 +268,11 @@ class Executor:
                 if job is not None:
                     self.kill(job)
             elif op == "put":
-                self.send(frame(rid, self.put(meta, payload)))
+                self.send(frame(rid, encode_reply(self.put(meta, payload))))
             else:
-                self.send(frame(rid, {"error": f"unknown op {op!r}"}))
+                self.send(frame(rid, encode_reply({"error": f"unknown op {op!r}"})))
         except Exception as exc:  # a bad request fails itself, never the executor
-            self.send(frame(rid, {"error": f"{type(exc).__name__}: {exc}"}))
+            self.send(frame(rid, encode_reply({"error": f"{type(exc).__name__}: {exc}"})))
 
     def put(self, meta: dict[str, Any], payload: bytes) -> dict[str, Any]:
         path = str(meta["path"])
@@ -283,12 +344,12 @@ class Executor:
                     os.close(fd)
             if cwd != self.cwd:
                 os.chdir(self.cwd)
-        self.watch(job, out[0], 1, selectors.EVENT_READ)
-        self.watch(job, err[0], 2, selectors.EVENT_READ)
+        self.watch(job, out[0], 1, READ)
+        self.watch(job, err[0], 2, READ)
         if payload:
             job.stdin = memoryview(payload)
             os.set_blocking(stdin[1], False)
-            self.watch(job, stdin[1], 0, selectors.EVENT_WRITE)
+            self.watch(job, stdin[1], 0, WRITE)
         return pid
 
     def watch(self, job: Job, fd: int, stream: int, events: int) -> None:
@@ -344,7 +405,7 @@ class Executor:
             self.polling.add(job)
             return
         self.exits[fd], job.exit_fd = job, fd
-        self.sel.register(fd, selectors.EVENT_READ, "exit")
+        self.sel.register(fd, READ, "exit")
 
     def exited(self, fd: int) -> None:
         job = self.exits.get(fd)
@@ -375,8 +436,10 @@ class Executor:
 
     def kill(self, job: Job) -> None:
         job.timed_out = True
-        with contextlib.suppress(OSError):  # gone already
+        try:  # noqa: SIM105 - contextlib is an import every start would pay
             os.killpg(job.pid, signal.SIGKILL)
+        except OSError:  # gone already
+            pass
         self.maybe_done(job)
 
     def expire(self) -> None:
