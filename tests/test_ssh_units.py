@@ -155,9 +155,9 @@ def test_guest_error_keeps_its_class() -> None:
 def test_backoff_grows_by_half_up_to_its_cap() -> None:
     b = Backoff.of(ReadyOptions())
     delays = [b.next_delay() for _ in range(12)]
-    want = [min(0.02 * 1.5**i, 0.5) for i in range(12)]
+    want = [min(0.02 * 1.5**i, 0.1) for i in range(12)]
     assert delays == pytest.approx(want)
-    assert delays[:3] == pytest.approx([0.02, 0.03, 0.045]) and delays[-1] == 0.5
+    assert delays[:3] == pytest.approx([0.02, 0.03, 0.045]) and delays[-1] == 0.1
 
 
 def test_connect_timeout_grows_by_half_up_to_its_cap() -> None:
@@ -167,6 +167,11 @@ def test_connect_timeout_grows_by_half_up_to_its_cap() -> None:
         b.connect_failed()
         seen.append(b.connect_timeout)
     assert seen == pytest.approx([min(0.1 * 1.5**i, 2.0) for i in range(11)])
+    # A direct connect's stays under the kernel's 1 s SYN retransmission.
+    b = Backoff.of(ReadyOptions(), direct=True)
+    for _ in range(10):
+        b.connect_failed()
+    assert b.connect_timeout == pytest.approx(0.2)
 
 
 def test_refused_guest_is_retried_on_the_schedule_until_the_deadline(
@@ -185,7 +190,7 @@ def test_refused_guest_is_retried_on_the_schedule_until_the_deadline(
                       lambda *a: None, ReadyOptions(timeout=0.5))
     assert err.value.error_class is Failure.REFUSED and "not ready after" in err.value.message
     assert len(pauses) >= 4
-    assert pauses == pytest.approx([min(0.02 * 1.5**i, 0.5) for i in range(len(pauses))])
+    assert pauses == pytest.approx([min(0.02 * 1.5**i, 0.1) for i in range(len(pauses))])
 
 
 def test_dead_guest_is_asked_after_a_failed_attempt_and_is_final() -> None:

@@ -98,7 +98,7 @@ class NetnsBackend(Backend):
             raise UserError(f"bridge {run.bridge} already exists and is not this run's")
         self._record("link", name=run.bridge)
         host.ip_batch([
-            f"link add {run.bridge} type bridge",
+            f"link add {run.bridge} address {run.bridge_mac} type bridge",
             f"addr add {ctx.options['subnet_gateway']} dev {run.bridge}",
             f"link set {run.bridge} up",
         ])
@@ -167,7 +167,7 @@ class NetnsBackend(Backend):
         """Start the guest's PID 1 in its namespaces (journalled as a process)."""
         run = self.run
         procs = [p / "cgroup.procs" for p in run.cgroups.paths(spec.name)]
-        script = init_script(spec, dirs, procs, run.services)
+        script = init_script(spec, dirs, procs, run.services, run.bridge_mac)
         log = open(log_path, "wb")  # noqa: SIM115 - owned by the child
         try:
             proc = subprocess.Popen(

@@ -57,5 +57,13 @@ class NetnsRun:
         return f"slu{self.tag}{k:x}"
 
     @property
+    def bridge_mac(self) -> str:
+        """The lab bridge's MAC, set when it is made: a bridge left to itself takes its
+        lowest port's, which changes as guests join, and every guest pins this one (its
+        gateway's neighbour entry is static)."""
+        t = self.tag
+        return f"06:{t[0:2]}:{t[2:4]}:{t[4:6]}:00:01"
+
+    @property
     def nft_table(self) -> str:
         return f"slp-{self.tag}"
