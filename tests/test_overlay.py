@@ -19,8 +19,16 @@ from helpers.labs import lab_session, run_ok
 from leaks import Snapshot, snapshot
 
 from harness.backends.inject import inject
+from harness.cluster import network
 from harness.cluster.lab import ClusterLab
-from harness.cluster.overlay import Overlay, allocate_blocks, emulate_underlay, unreachable_pairs
+from harness.cluster.overlay import (
+    Overlay,
+    allocate_blocks,
+    emulate_underlay,
+    underlay_of,
+    unreachable_pairs,
+)
+from harness.cluster.plan import LabWorker
 from harness.cluster.tunnel import Tunnel, partition_ruleset
 from harness.errors import UserError
 from harness.identity import run_tag
@@ -72,6 +80,41 @@ def test_the_pair_that_cannot_talk_is_named() -> None:
     assert problems == ["lab hosts b (192.0.2.2) and c (192.0.2.3) cannot exchange VXLAN "
                         "packets on UDP port 4789 (b → c, c → b lost)"]
     assert unreachable_pairs(o, [{"b", "c"}, {"a", "c"}, {"a", "b"}]) == []
+
+
+def _facts(machine: str, addresses: dict[str, int], underlay: str = "") -> dict[str, object]:
+    return {"machine_id": machine, "addresses": addresses, "underlay": underlay}
+
+
+def test_underlay_of_a_real_lab_host() -> None:
+    w = LabWorker("tcp://192.0.2.5:4321")
+    assert underlay_of(w, _facts("m", {"192.0.2.5": 9000}), "a") == ("192.0.2.5", 9000)
+    # SCALELAB_UNDERLAY in the worker's environment wins over its Dask address.
+    got = underlay_of(w, _facts("m", {"192.0.2.5": 1500, "198.51.100.7": 1400},
+                                "198.51.100.7"), "a")
+    assert got == ("198.51.100.7", 1400)
+    with pytest.raises(UserError, match=r"198\.51\.100\.9 \(SCALELAB_UNDERLAY of its "
+                                        r"worker\) is not on any of its interfaces"):
+        underlay_of(w, _facts("m", {"192.0.2.5": 1500}, "198.51.100.9"), "a")
+    with pytest.raises(UserError, match="loopback"):
+        underlay_of(LabWorker("tcp://127.0.0.1:1"), _facts("m", {"127.0.0.1": 65536}), "a")
+
+
+def test_decide_for_real_lab_hosts() -> None:
+    """The smallest underlay MTU less 50; one lab worker per machine; nothing made."""
+    placement = [(LabWorker("tcp://192.0.2.5:1"), 2), (LabWorker("tcp://192.0.2.6:1"), 2)]
+    facts: dict[str, dict[str, object]] = {
+        "tcp://192.0.2.5:1": {**_facts("m1", {"192.0.2.5": 9000}), "lab_host": "a"},
+        "tcp://192.0.2.6:1": {**_facts("m2", {"192.0.2.6": 1500}), "lab_host": "b"},
+    }
+    o = network.decide("r1", 4789, placement, facts, [], None)
+    assert (o.mtu, o.underlay, o.emulated) == (1450, ("192.0.2.5", "192.0.2.6"), False)
+    assert o.host_netns == () and o.vni == vxlan.vni_for("r1")
+    facts["tcp://192.0.2.6:1"]["machine_id"] = "m1"
+    with pytest.raises(UserError, match="lab hosts a and b are one machine"):
+        network.decide("r1", 4789, placement, facts, [], None)
+    with pytest.raises(UserError, match="--vxlan-port=70000"):
+        network.decide("r1", 70000, placement, facts, [], None)
 
 
 def test_forwarding_entries_and_partition_rules() -> None:

@@ -152,12 +152,13 @@ class ClusterLab(Lab):
                      key: str, digest: str | None, client_key: KeyPair) -> list[ShardHandle]:
         """Subnets, specs and one actor per lab host (journalled before they exist)."""
         assert self.conn is not None and self.state is not None
-        sizes = [c for _, c in placement]
+        sizes, here = [c for _, c in placement], machine_id()
         routes = routes_of(facts, [w for w, _ in placement])
         if len(placement) > 1:  # one lab network over the lab hosts
-            self.overlay = network.decide(self.run_id, self.config.vxlan_port, self.state,
-                                          placement, facts, routes, self.config.subnet,
-                                          emulate=self.cluster.local)
+            alone = all(facts[w.address]["machine_id"] == here for w, _ in placement)
+            self.overlay = network.decide(self.run_id, self.config.vxlan_port, placement, facts,
+                                          routes, self.config.subnet,
+                                          emulate_in=self.state if alone else None)
             subnets: list[Any] = list(self.overlay.blocks)
             self.shards_backend.joined = True
             self.subnet = self.overlay.subnet
@@ -166,7 +167,7 @@ class ClusterLab(Lab):
         else:
             subnets = allocate_subnets(sizes, routes, self.config.subnet)
             self.subnet = str(subnets[0])
-        here, offset = machine_id(), 0
+        offset = 0
         for k, ((w, count), net) in enumerate(zip(placement, subnets, strict=True)):
             f = facts[w.address]
             h = ShardHandle(k, f"{self.run_id}-s{k}", f["lab_host"], w, count, str(net),
@@ -206,6 +207,7 @@ class ClusterLab(Lab):
         for h, (offset, trip) in zip(self.shards, self._each(probe), strict=True):
             self.clock_offsets[h.lab_host] = offset
             self.clock_round_trips[h.lab_host] = trip
+        self.shards_backend.clock_offsets = self.clock_offsets  # its samples' clock
 
     def _plan_all(self) -> list[list[dict[str, str]]]:
         """Every shard's identities, checked together before anything boots."""

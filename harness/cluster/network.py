@@ -32,17 +32,18 @@ Each = Callable[[Callable[[ShardHandle], T]], list[T]]
 PROBE_TIMEOUT = 5.0
 
 
-def decide(run_id: str, port: int, state: RunState, placement: Sequence[tuple[LabWorker, int]],
+def decide(run_id: str, port: int, placement: Sequence[tuple[LabWorker, int]],
            facts: dict[str, Any], routes: Sequence[ipaddress.IPv4Network],
-           requested: str | None, emulate: bool) -> Overlay:
-    """The run's overlay; with ``emulate`` (``local:K``), its emulated lab hosts made now."""
+           requested: str | None, emulate_in: RunState | None = None) -> Overlay:
+    """The run's overlay; with ``emulate_in`` (every shard on this machine), its emulated lab
+    hosts are made now, journalled there."""
     if not 0 < port < 65536:
         raise UserError(f"--vxlan-port={port}: not a UDP port (1-65535)")
     workers = [w for w, _ in placement]
     names = [str(facts[w.address]["lab_host"]) for w in workers]
     net, blocks = allocate_blocks([c for _, c in placement], routes, requested)
-    if emulate:
-        emulation = emulate_underlay(state, run_id, len(workers))
+    if emulate_in is not None:
+        emulation = emulate_underlay(emulate_in, run_id, len(workers))
         underlay = [(emulated_address(i), EMULATED_MTU) for i in range(len(workers))]
         return plan_overlay(run_id, port, net, blocks, names, underlay, emulation)
     machines: dict[str, str] = {}

@@ -11,8 +11,9 @@ VXLAN over IPv4 adds, so no frame crossing the tunnel is fragmented or dropped.
 
 **Underlay.**  A lab host's underlay address is ``SCALELAB_UNDERLAY`` in its Dask worker's
 environment when set, else the address its Dask worker listens on; either must be an
-address of one of its interfaces (whose MTU is the underlay MTU).  With ``local:K`` the K
-shards share this machine, so each gets an emulated lab host: a "host" network namespace
+address of one of its interfaces (whose MTU is the underlay MTU).  When every shard is on the
+client's machine (``local:K``, or a scheduler whose lab workers all run here) each gets an
+emulated lab host: a "host" network namespace
 holding its underlay end, a veth to an underlay bridge in one more namespace, and its VXLAN
 device's socket (the device itself, moved out, is a port of the shard's bridge here).  Frames
 between shards really are encapsulated and cross that IP underlay (198.18.0.0/15, the
