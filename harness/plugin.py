@@ -194,6 +194,7 @@ def _lab_pool(scalelab_session: Session, lab_config: LabConfig) -> Iterator[dict
     try:
         yield pool
     finally:
+        scalelab_session.sample_now()  # the labs' last state, before they go
         if lab_config.keep_guests and pool:
             for the_lab in pool.values():
                 the_lab.keep()
@@ -323,6 +324,8 @@ def lab_factory(
     try:
         yield make
     finally:
+        if made:
+            scalelab_session.sample_now()
         for lab in made:
             lab.stop()
         if made:

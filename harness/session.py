@@ -134,6 +134,11 @@ class Session:
             write_exports(self.run_dir, [(lab.guests, lab.key_path) for lab in labs])
             write_inventory(self.run_dir, labs)
 
+    def sample_now(self) -> None:
+        """A sampling round now (labs about to go down: their last state is in the run)."""
+        if self.sampler is not None and self.sampler.is_alive():
+            self.sampler.sample_once()
+
     def deal_roles(self, lab: Lab, spec: RoleSpec, names: list[str]) -> Roles:
         """Roles for one scenario's guests; the inventory and run.json learn any new ones."""
         before = lab.roles

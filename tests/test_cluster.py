@@ -335,6 +335,7 @@ def test_24_guests_over_3_lab_hosts(image: Image, tmp_path: Path, mark: str) -> 
     assert t[t["op"] == "transfer"]["ok"].all()
     overlay = info["cluster"]["overlay"]
     assert overlay["kind"] == "vxlan" and len(overlay["underlay"]) == 3
+    check_samples_per_lab_host(pd.read_parquet(run / "samples.parquet"), t, hosts)
 
     inventory = json.loads((run / "guests.json").read_text())["guests"]
     assert len(inventory) == 24
@@ -344,6 +345,27 @@ def test_24_guests_over_3_lab_hosts(image: Image, tmp_path: Path, mark: str) -> 
     assert len(keys) == len(set(keys)) == 24
     assert not (run / "id_ed25519").exists()
     wait_clean(before, tmp_path, mark)
+
+
+def check_samples_per_lab_host(s: pd.DataFrame, t: pd.DataFrame, hosts: set[str]) -> None:
+    """Each lab host sampled itself and its own guests; the rows carry it, and their times,
+    put on the run's clock, fall inside the run; a sender's link carried its 8 MiB."""
+    host_rows = s[(s["guest"] == "") & (s["resource"] == "cpu_busy_seconds")]
+    assert set(host_rows["lab_host"]) == hosts | {""}
+    guest_rows = s[s["guest"] != ""]
+    placed = t[t["scenario"] == "bringup"][["guest", "lab_host"]].drop_duplicates()
+    where: dict[str, str] = dict(placed.itertuples(index=False))
+    assert guest_rows["guest"].nunique() == 24
+    assert all(where[g] == h for g, h in
+               guest_rows[["guest", "lab_host"]].drop_duplicates().itertuples(index=False))
+    first, last = t["start"].min(), t["end"].max()
+    stamps = pd.to_datetime(s[s["lab_host"] != ""]["t"], utc=True)
+    assert stamps.min() >= first - pd.Timedelta(seconds=2), (stamps.min(), first)
+    assert stamps.max() <= last + pd.Timedelta(seconds=5), (stamps.max(), last)
+    senders = set(t[(t["op"] == "transfer") & t["ok"]]["guest"])
+    tx = guest_rows[guest_rows["resource"] == "net_tx_bytes"].groupby("guest")["value"]
+    grown = (tx.max() - tx.min()).to_dict()
+    assert senders and all(grown[g] >= 8 << 20 for g in senders), grown
 
 
 LOSE_A_HOST = """

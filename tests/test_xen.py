@@ -92,10 +92,32 @@ def test_scenarios_on_nested_xen(xen_lab: XenLab, xen_image: Image, tmp_path: Pa
     # Every guest was reached through dom0 with its pinned key, by name.
     assert "ProxyJump" in (run_dir / "ssh_config").read_text()
     assert _dom0_leftovers(xen_lab, info["run_id"]) == []
+    check_domu_samples(pd.read_parquet(run_dir / "samples.parquet"), t)
     starts = bringup[bringup["op"] == "started"]["duration_s"]
     print(f"\nxen e2e: {took:.1f}s for the scenario run; xl create per domU "
           f"{', '.join(f'{s:.1f}s' for s in starts)}; bring-up "
           f"{info.get('bringup_seconds') or 0:.1f}s")
+
+
+def check_domu_samples(s: pd.DataFrame, t: pd.DataFrame) -> None:
+    """The sampler read each domU from dom0 (xl list, its vif, blkback): CPU that grew by
+    about the CPU scenario's busy seconds, traffic on its vif, Xen's memory for it."""
+    cpu_rows = t[(t["op"] == "cpu") & t["ok"]]
+    for g in ("g000", "g001"):
+        mine = s[s["guest"] == g]
+        cpu = mine[mine["resource"] == "cpu_seconds"].sort_values("t")["value"]
+        busy = cpu_rows[cpu_rows["guest"] == g]["duration_s"].sum()
+        # Two domUs share dom0's vCPUs: each gets at least a quarter of its busy time.
+        assert busy > 0 and len(cpu) >= 2, (g, busy)
+        assert cpu.iloc[-1] - cpu.iloc[0] >= 0.25 * busy, (g, busy, cpu)
+        for resource in ("net_rx_bytes", "net_tx_bytes"):
+            v = mine[mine["resource"] == resource]["value"]
+            assert len(v) and v.max() > 0, (g, resource)
+        mem = mine[mine["resource"] == "memory_bytes"]["value"]
+        assert len(mem) and (mem >= 64 << 20).all(), (g, mem)
+        disk = mine[mine["resource"] == "disk_read_bytes"]["value"]
+        intervals = s[s["resource"] == "sample_interval"]["value"].tolist()
+        assert len(disk) and disk.max() > 0, (g, "blkback's block device counters", intervals)
 
 
 def _context(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RunContext:

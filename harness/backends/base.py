@@ -26,7 +26,7 @@ from harness.degrade import Shaping
 from harness.identity import GuestSpec
 from harness.image.cache import Image
 from harness.state import RunState
-from harness.telemetry.sample import Sample
+from harness.telemetry.sample import HostRound, Sample
 
 #: Called by a backend as each guest passes a phase: (guest name, phase, start_ns, end_ns).
 PhaseHook = Callable[[str, str, int, int], None]
@@ -215,6 +215,14 @@ class HasTelemetry(Protocol):
         """What each guest spends now, read from the host side: CPU seconds, memory,
         processes, bytes and packets on its link (counters as counters); with ``slow`` the
         costlier ones too (bytes in its copy-on-write layer)."""
+
+
+@runtime_checkable
+class HasHostTelemetry(Protocol):
+    def sample_hosts(self, guests: Sequence[Guest], *, slow: bool = False) -> list[HostRound]:
+        """Guests spread over lab hosts (a cluster lab): each lab host samples itself and
+        its own guests, as one lab host's :class:`HasTelemetry` and host side would, and
+        its round comes back stamped with its time on the run's clock."""
 
 
 @runtime_checkable

@@ -1,6 +1,7 @@
 """``ClusterBackend``: what ``lab.backend`` is in a cluster lab.  It names the backend the
 shards run (netns by default) and sends the nemesis's faults and footprint questions to the
-shard that holds each guest; bringing guests up is the shards' own business.
+shard that holds each guest, and samples each lab host's resources there (rows carry the lab
+host, their time put on our clock); bringing guests up is the shards' own business.
 
 A partition between guests on different lab hosts is applied on every lab host holding
 either side (by MAC, see ``harness.cluster.tunnel``); isolating a guest cuts it off its own
@@ -21,6 +22,7 @@ from harness.cluster.connect import ShardHandle
 from harness.errors import LabError
 from harness.identity import GuestSpec
 from harness.image.cache import Image
+from harness.telemetry.sample import HostRound
 
 
 class ClusterBackend(Backend):
@@ -35,6 +37,8 @@ class ClusterBackend(Backend):
         self.mac_oui = inner.mac_oui
         #: Whether the lab hosts are joined into one lab network (set at bring-up).
         self.joined = False
+        #: Lab host → its clock's offset from ours in seconds (measured at bring-up).
+        self.clock_offsets: dict[str, float] = {}
 
     # -- the lifecycle is the shards' ----------------------------------------------------
 
@@ -68,6 +72,24 @@ class ClusterBackend(Backend):
             if not shard.lost:
                 result.update(shard.footprint(names))
         return result
+
+    def sample_hosts(self, guests: Sequence[Guest], *, slow: bool = False) -> list[HostRound]:
+        """Each lab host's round (itself and its guests), on our clock: the shard's stamp
+        minus its measured offset. A shard lost or failing this round gives none."""
+        by_shard = self._by_shard(guests)
+        for shard in {s for s in self.routes.values() if not s.lost}:
+            by_shard.setdefault(shard, [])  # a lab host whose guests are all gone: itself
+        out = []
+        for shard, names in by_shard.items():
+            if shard.lost:
+                continue
+            try:
+                t_ns, samples = shard.sample(names, slow)
+            except LabError:
+                continue
+            offset = self.clock_offsets.get(shard.lab_host, 0.0)
+            out.append(HostRound(shard.lab_host, t_ns - round(offset * 1e9), samples))
+        return out
 
     def _fault(self, action: FaultAction, guests: Sequence[Guest], arg: Any = None) -> None:
         for shard, names in self._by_shard(guests).items():

@@ -25,6 +25,7 @@ from harness.backends.base import Footprint, Jump
 from harness.cluster.plan import CONNECT_TIMEOUT, ClusterSpec, LabWorker
 from harness.errors import LabError, UserError
 from harness.ssh import GroupResult
+from harness.telemetry.sample import Sample
 
 T = TypeVar("T")
 
@@ -275,6 +276,10 @@ class ShardHandle:
 
     def footprint(self, names: list[str]) -> Footprint:
         return cast(Footprint, self._call("footprint", names))
+
+    def sample(self, names: list[str], slow: bool) -> tuple[int, list[Sample]]:
+        t_ns, samples = self._call("sample", names, slow)
+        return int(t_ns), list(samples)
 
     def fault(self, action: str, names: list[str], arg: Any = None) -> None:
         self._call("fault", action, names, arg)

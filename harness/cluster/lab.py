@@ -207,6 +207,7 @@ class ClusterLab(Lab):
         for h, (offset, trip) in zip(self.shards, self._each(probe), strict=True):
             self.clock_offsets[h.lab_host] = offset
             self.clock_round_trips[h.lab_host] = trip
+        self.shards_backend.clock_offsets = self.clock_offsets  # its samples' clock
 
     def _plan_all(self) -> list[list[dict[str, str]]]:
         """Every shard's identities, checked together before anything boots."""

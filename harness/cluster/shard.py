@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from harness.backends.base import HasFootprint, HasHostBridge
+from harness.backends.base import HasFootprint, HasHostBridge, HasTelemetry
 from harness.backends.inject import FaultAction, inject
 from harness.cluster.shardlab import ShardLab, ShardSpec, ShardStore
 from harness.cluster.wire import (
@@ -36,6 +36,8 @@ from harness.errors import LabError, UserError
 from harness.image import cache
 from harness.ssh import FanOut, GroupResult
 from harness.store import Context
+from harness.telemetry.hostside import host_samples
+from harness.telemetry.sample import Sample
 
 T = TypeVar("T")
 
@@ -202,6 +204,19 @@ class Shard:
             return self._fleet().put(local, remote, mode=mode, names=names)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    async def sample(self, names: list[str], slow: bool) -> tuple[int, list[Sample]]:
+        """This lab host's round: when it was taken (this host's clock), the host's own
+        samples (guest "") and those of its live guests among ``names``."""
+        return await self._offload(self._sample, names, slow)
+
+    def _sample(self, names: list[str], slow: bool) -> tuple[int, list[Sample]]:
+        now, lab, wanted = time.time_ns(), self._lab(), set(names)
+        out = host_samples()
+        if isinstance(lab.backend, HasTelemetry):
+            out += lab.backend.sample([g for g in lab.live_guests() if g.name in wanted],
+                                      slow=slow)
+        return now, out
 
     async def footprint(self, names: list[str]) -> dict[str, dict[str, tuple[float, str]]]:
         return await self._offload(self._footprint, names)

@@ -39,22 +39,41 @@ def rates(df: pd.DataFrame, resource: str) -> pd.DataFrame:
     return kept
 
 
-def host_cpu_percent(df: pd.DataFrame) -> pd.Series:
-    """The host's CPU use over time, % of all its cores (busy time over total time)."""
-    host = df[df["guest"] == ""]
+def host_rows(df: pd.DataFrame, lab_host: str = "") -> pd.DataFrame:
+    """A host's own samples: this run's host by default, else one lab host of a cluster
+    (each samples itself, on counters of its own that must not be mixed)."""
+    rows = df[df["guest"] == ""]
+    if "lab_host" in rows.columns:
+        rows = rows[rows["lab_host"].fillna("").astype(str) == lab_host]
+    return rows
+
+
+def lab_hosts(df: pd.DataFrame) -> list[str]:
+    """The hosts that sampled themselves: "" (this run's host) first, then lab hosts."""
+    if "lab_host" not in df.columns:
+        return [""]
+    names = set(df.loc[df["guest"] == "", "lab_host"].fillna("").astype(str))
+    return sorted(names | {""}, key=lambda h: (h != "", h))
+
+
+def host_cpu_percent(df: pd.DataFrame, lab_host: str = "") -> pd.Series:
+    """A host's CPU use over time, % of all its cores (busy time over total time)."""
+    host = host_rows(df, lab_host)
     busy = rates(host, "cpu_busy_seconds").groupby("t")["rate"].sum()
     total = rates(host, "cpu_total_seconds").groupby("t")["rate"].sum()
     both = pd.concat([busy, total], axis=1, keys=["busy", "total"]).dropna()
     return (100.0 * both["busy"] / both["total"]).rename("cpu_percent")
 
 
-def host_gauge(df: pd.DataFrame, resource: str) -> pd.Series:
-    rows = df[(df["guest"] == "") & (df["resource"] == resource)]
+def host_gauge(df: pd.DataFrame, resource: str, lab_host: str = "") -> pd.Series:
+    rows = host_rows(df, lab_host)
+    rows = rows[rows["resource"] == resource]
     return rows.set_index("t")["value"].rename(resource)
 
 
-def host_memory_percent(df: pd.DataFrame) -> pd.Series:
-    used, total = host_gauge(df, "memory_used_bytes"), host_gauge(df, "memory_total_bytes")
+def host_memory_percent(df: pd.DataFrame, lab_host: str = "") -> pd.Series:
+    used = host_gauge(df, "memory_used_bytes", lab_host)
+    total = host_gauge(df, "memory_total_bytes", lab_host)
     both = pd.concat([used, total], axis=1, keys=["used", "total"]).dropna()
     return (100.0 * both["used"] / both["total"]).rename("memory_percent")
 
@@ -112,8 +131,10 @@ def scenario_costs(samples: pd.DataFrame, workload: pd.DataFrame) -> list[Scenar
     """One ScenarioCost per (scenario, N) of the workload rows, in the order they ran."""
     if samples.empty or workload.empty:
         return []
-    cpu = host_cpu_percent(samples)
-    pressure = host_gauge(samples, "pressure_memory_some_avg10")
+    hosts = lab_hosts(samples)
+    cpus = {h: host_cpu_percent(samples, h) for h in hosts}
+    pressures = {h: host_gauge(samples, "pressure_memory_some_avg10", h) for h in hosts}
+    cpu = cpus[""]
     out = []
     spans = workload.groupby(["scenario", "n_guests"], observed=True, as_index=False).agg(
         start=("start", "min"), end=("end", "max"), ops=("ok", "size"))
@@ -121,12 +142,15 @@ def scenario_costs(samples: pd.DataFrame, workload: pd.DataFrame) -> list[Scenar
         scenario, n = str(row["scenario"]), int(row["n_guests"])
         start, end = pd.Timestamp(row["start"]), pd.Timestamp(row["end"])
         inside = cpu[(cpu.index >= start) & (cpu.index <= end + pd.Timedelta(seconds=1))]
-        mem = pressure[(pressure.index >= start) & (pressure.index <= end)]
         why = []
-        if len(inside) and inside.mean() >= SATURATED_CPU:
-            why.append(f"host CPU {inside.mean():.0f}% on average")
-        if len(mem) and mem.max() >= SATURATED_PRESSURE:
-            why.append(f"memory pressure {mem.max():.0f}%")
+        for h in hosts:  # any lab host that could not keep up makes the latencies its own
+            where = f" (lab host {h})" if h else ""
+            c = cpus[h][(cpus[h].index >= start) & (cpus[h].index <= end + pd.Timedelta(seconds=1))]
+            mem = pressures[h][(pressures[h].index >= start) & (pressures[h].index <= end)]
+            if len(c) and c.mean() >= SATURATED_CPU:
+                why.append(f"host CPU {c.mean():.0f}% on average{where}")
+            if len(mem) and mem.max() >= SATURATED_PRESSURE:
+                why.append(f"memory pressure {mem.max():.0f}%{where}")
         out.append(ScenarioCost(
             scenario, n, (end - start).total_seconds(), int(row["ops"]),
             _counter_growth(samples, "cpu_seconds", start, end),

@@ -2,9 +2,12 @@
 this lab host, spend, every ``--sample-interval`` seconds from the start of the run to its end
 (bring-up included), and appends each round to the run's ``samples.jsonl`` as it is read.
 
-Sampling costs the host what it measures, so the thread measures itself: a round that takes
-more than a fifth of the interval doubles the interval (up to ``MAX_INTERVAL``), and the
-interval in use is a sample of its own (``sample_interval``).  The slow samples (bytes in
+Sampling costs the host what it measures, so the thread measures itself: a round whose CPU
+time is more than ``CPU_BUDGET`` of the interval (its cost to the host), or whose wall time is
+more than ``WALL_BUDGET`` of it (waiting on a remote dom0), doubles the interval (up to
+``MAX_INTERVAL``), and the interval in use is a sample of its own (``sample_interval``).  CPU,
+not wall time, is the cost: on a saturated host a round's wall time grows with the load, and
+the sampler must not go blind exactly when the host saturates.  The slow samples (bytes in
 each guest's copy-on-write layer: a ``du``) are read every ``SLOW_EVERY`` rounds.
 """
 
@@ -18,15 +21,25 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from harness.backends.base import Guest, HasTelemetry
+from harness.backends.base import Guest, HasHostTelemetry, HasTelemetry
 from harness.store import Store
 from harness.telemetry.hostside import host_samples
 from harness.telemetry.sample import Sample
 
 MAX_INTERVAL = 30.0
 SLOW_EVERY = 10
-#: The share of the interval a round may take before the interval grows.
-BUDGET = 0.2
+#: The share of one core the sampler may cost (CPU per round over the interval): at 1 s,
+#: 256 guests (≈ 20 ms a round) stay at 1 s and 1024 (≈ 130 ms) settle at 4 s, ≈ 3 %.
+CPU_BUDGET = 0.05
+#: The share of the interval a round may wait in all (a dom0 over SSH answers slowly).
+WALL_BUDGET = 0.5
+
+
+def next_interval(interval: float, cpu: float, wall: float) -> float:
+    """The interval after a round that took ``cpu`` seconds of CPU and ``wall`` in all."""
+    if (cpu > CPU_BUDGET * interval or wall > WALL_BUDGET * interval) and interval < MAX_INTERVAL:
+        return min(MAX_INTERVAL, interval * 2)
+    return interval
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -57,6 +70,9 @@ class Sampler(threading.Thread):
         self.store, self.labs, self.interval = store, labs, interval
         self.lab_host = lab_host
         self.rounds = 0
+        #: Labs sampled once already: a lab's first round is a slow one, so its costly
+        #: series start with it, however long the interval has grown by then.
+        self._seen: set[str] = set()
         #: CPU time this thread has used sampling (its own cost, part of the result).
         self.cpu_seconds = 0.0
         self._stop_event = threading.Event()
@@ -65,11 +81,13 @@ class Sampler(threading.Thread):
         while True:
             began, cpu = time.perf_counter(), time.thread_time()
             self.sample_once()
-            spent = time.perf_counter() - began
-            self.cpu_seconds += time.thread_time() - cpu
-            if spent > BUDGET * self.interval and self.interval < MAX_INTERVAL:
-                self.interval = min(MAX_INTERVAL, self.interval * 2)
+            spent, used = time.perf_counter() - began, time.thread_time() - cpu
+            self.cpu_seconds += used
+            self.interval = next_interval(self.interval, used, spent)
             if self._stop_event.wait(max(0.0, self.interval - spent)):
+                # One last round as the run ends, before its labs go down: what the last
+                # scenario did (a transfer shorter than the interval) is in the samples.
+                self.sample_once()
                 return
 
     def sample_once(self) -> None:
@@ -80,28 +98,38 @@ class Sampler(threading.Thread):
         rows = self._lines("", host_samples(), now)
         rows += self._lines("", [Sample("", "sample_interval", self.interval, "s")], now)
         for lab in list(self.labs()):
-            if not lab.up or not isinstance(lab.backend, HasTelemetry):
-                continue
-            try:
-                samples = lab.backend.sample(lab.live_guests(), slow=slow)
-            except Exception:  # a lab going down under the sampler: its next round is skipped
-                continue
-            rows += self._lines(lab.name, samples, now)
+            if lab.up:
+                rows += self._lab_rows(lab, now, slow or lab.name not in self._seen)
+                self._seen.add(lab.name)
         self.store.add_sample_lines("".join(rows))
 
-    def _lines(self, lab: str, samples: Sequence[Sample], t_ns: int) -> list[str]:
+    def _lab_rows(self, lab: SampledLab, now: int, slow: bool) -> list[str]:
+        """A lab's rows: sampled here, or on each of its lab hosts (a cluster lab)."""
+        backend = lab.backend
+        try:
+            if isinstance(backend, HasHostTelemetry):
+                return [row for r in backend.sample_hosts(lab.live_guests(), slow=slow)
+                        for row in self._lines(lab.name, r.samples, r.t_ns, r.lab_host)]
+            if isinstance(backend, HasTelemetry):
+                return self._lines(lab.name, backend.sample(lab.live_guests(), slow=slow), now)
+        except Exception:  # a lab going down under the sampler: its next round is skipped
+            pass
+        return []
+
+    def _lines(self, lab: str, samples: Sequence[Sample], t_ns: int,
+               lab_host: str | None = None) -> list[str]:
         """The rows as JSON lines (the store's samples schema), made by hand: json.dumps of a
         dict per row was most of a round's cost. Names repeat round after round, so each is
         quoted once (``_quoted``); values are floats, which repr() writes as JSON does."""
         q = _quoted
         head = (f'{{"run_id":{q(self.store.context.run_id)},"lab":{q(lab)},'
-                f'"lab_host":{q(self.lab_host)},"t":{t_ns},')
+                f'"lab_host":{q(self.lab_host if lab_host is None else lab_host)},"t":{t_ns},')
         return [f'{head}"guest":{q(s.guest)},"resource":{q(s.resource)},"item":{q(s.item)},'
                 f'"kind":{q(s.kind)},"value":{_number(s.value)},"unit":{q(s.unit)}}}\n'
                 for s in samples]
 
     def stop(self) -> None:
-        """Stop after the round under way (its rows are written whole)."""
+        """Stop after the round under way and a last one (their rows are written whole)."""
         self._stop_event.set()
         if self.is_alive():
             self.join(timeout=30)

@@ -31,6 +31,7 @@ from harness.backends.xen.footprint import domu_footprint
 from harness.backends.xen.labrun import XenRun
 from harness.backends.xen.options import Target, XenOptions
 from harness.backends.xen.staging import add_bridge_address, ensure_bundle
+from harness.backends.xen.telemetry import sample_domus
 from harness.backends.xen.xl import DomainWatch, domain_ids, xl_list
 from harness.backends.xen.xlconfig import DomainConfig, domain_name, render_config
 from harness.degrade import Shaping
@@ -39,6 +40,7 @@ from harness.guestfiles import make_guest_disk
 from harness.identity import XEN_OUI, GuestSpec
 from harness.image.cache import Image
 from harness.state import Resource, teardown
+from harness.telemetry.sample import Sample
 
 
 class XenBackend(Backend):
@@ -347,6 +349,11 @@ class XenBackend(Backend):
     def upper_bytes(self, guest: Guest) -> int | None:
         value = self.footprint([guest]).get(guest.name, {}).get("upper_bytes")
         return int(value[0]) if value else None
+
+    def sample(self, guests: Sequence[Guest], *, slow: bool = False) -> list[Sample]:
+        """Per domU, from dom0: CPU seconds, memory Xen gives it, its vif's counters and
+        (slow rounds) its block devices' bytes (see backends/xen/telemetry)."""
+        return sample_domus(self._run.dom0, guests, slow=slow) if self._run is not None else []
 
     def footprint(self, guests: Sequence[Guest]) -> Footprint:
         """Per guest: memory Xen gives the domU and the blocks its writable disk holds."""

@@ -5,6 +5,7 @@ busiest guests; scenario boundaries marked on the time axis, faults shaded behin
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,7 @@ from harness.report.resources import (
     host_cpu_percent,
     host_gauge,
     host_memory_percent,
+    lab_hosts,
 )
 from harness.report.timeaxis import date_num, date_nums, setup_time_axis
 
@@ -44,22 +46,34 @@ def _decorate(ax: Axes, zone: dt.tzinfo, span: tuple[pd.Timestamp, pd.Timestamp]
         ax.set_xlabel("")  # the panels share the time axis: it is named once, at the bottom
 
 
+def _load(df: pd.DataFrame, lab_host: str) -> pd.Series:
+    return host_gauge(df, "load1", lab_host)
+
+
 def host_figure(samples: pd.DataFrame, zone: dt.tzinfo, faults: pd.DataFrame,
                 lost: pd.DataFrame, spans: pd.DataFrame) -> Figure:
     """Host CPU (% of all cores), memory in use (%) and load over the whole run."""
     span = (samples["t"].min(), samples["t"].max())
     fig = new_figure(10.0, 6.0)
     axes = fig.subplots(3, 1, sharex=True)
-    series = [(host_cpu_percent(samples), "CPU (% of all cores)", (0, 105)),
-              (host_memory_percent(samples), "memory in use (%)", (0, 105)),
-              (host_gauge(samples, "load1"), "load (1 min)", None)]
-    for ax, (s, label, ylim) in zip(axes, series, strict=True):
-        ax.plot(date_nums(pd.Series(s.index)), s.to_numpy(), lw=1.0, color=_BAND)
+    hosts = lab_hosts(samples)  # a cluster's lab hosts each sampled themselves
+    panels: list[tuple[Callable[[pd.DataFrame, str], pd.Series], str, tuple[int, int] | None]]
+    panels = [(host_cpu_percent, "CPU (% of all cores)", (0, 105)),
+              (host_memory_percent, "memory in use (%)", (0, 105)),
+              (_load, "load (1 min)", None)]
+    for ax, (series_of, label, ylim) in zip(axes, panels, strict=True):
+        for i, h in enumerate(hosts):
+            s = series_of(samples, h)
+            if len(s):
+                ax.plot(date_nums(pd.Series(s.index)), s.to_numpy(), lw=1.0,
+                        color=_BAND if i == 0 else None, label=h or "this host")
         ax.set_ylabel(label)
         if ylim:
             ax.set_ylim(*ylim)
+        if len(hosts) > 1:
+            ax.legend(fontsize=7, loc="upper right", ncols=2)
         _decorate(ax, zone, span, faults, lost, spans)
-    axes[0].set_title("lab host")
+    axes[0].set_title("lab host" if len(hosts) == 1 else "this host and the lab hosts")
     return fig
 
 
