@@ -215,12 +215,29 @@ def connect(target: Target) -> paramiko.SSHClient:
                         "authorized key") from None
     except (OSError, paramiko.SSHException, EOFError) as exc:
         client.close()
-        raise UserError(f"dom0 {where} is not reachable within {t:.0f}s: "
-                        f"{exc or type(exc).__name__}") from None
+        raise UserError(f"dom0 {where} {_unreachable(exc, target.port, t)}") from None
     transport = client.get_transport()
     if transport is not None:
         transport.set_keepalive(15)
     return client
+
+
+def _unreachable(exc: BaseException, port: int, timeout: float) -> str:
+    """Why dom0 could not be reached, in words that point at the cause: nothing listening,
+    no answer at all, or something that accepts but speaks no SSH (a hung sshd)."""
+    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
+        causes = list(exc.errors.values())
+        if causes and all(isinstance(c, ConnectionRefusedError) for c in causes):
+            return (f"refused the connection: nothing listens on port {port} "
+                    f"(is sshd running there?) [{exc}]")
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return f"is not reachable within {timeout:.0f}s: no answer to the connection"
+    if isinstance(exc, paramiko.SSHException | EOFError):
+        # Paramiko says "Error reading SSH protocol banner" or, when the banner wait and the
+        # connect timeout end together, "No existing session": both mean no SSH handshake.
+        return (f"accepted the connection but completed no SSH handshake within "
+                f"{timeout:.0f}s (a hung or non-SSH service?): {exc or type(exc).__name__}")
+    return f"is not reachable within {timeout:.0f}s: {exc or type(exc).__name__}"
 
 
 _POOL: dict[tuple[Any, ...], Dom0] = {}
