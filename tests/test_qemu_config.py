@@ -510,3 +510,16 @@ Group 1: (Blocks 8193-16384)
 def test_dumpe2fs_used_bytes() -> None:
     assert parse_dumpe2fs_used(DUMPE2FS) == (65536 - 7000 - 8192) * 1024
     assert parse_dumpe2fs_used("garbage") is None
+
+
+def test_kvm_probe_says_why_it_failed() -> None:
+    from harness.backends.qemu.accel import probe_failure
+
+    assert probe_failure(0, "", "").startswith(
+        "the KVM test VM reset before its kernel printed a line (exit status 0): this KVM "
+        "does not run a stock kernel")
+    assert probe_failure(1, "qemu: warning: x\nqemu: error: MSR 0x1 not supported\n", "") == (
+        "KVM test VM failed: qemu: error: MSR 0x1 not supported")
+    assert probe_failure(0, "", "Linux version 6.1\nsmpboot: CPU0\n") == (
+        "KVM test VM stopped with exit status 0 before its kernel panic; its console's last "
+        "line: smpboot: CPU0")

@@ -60,9 +60,22 @@ def probe_kvm(kernel: Path, timeout: float = KVM_PROBE_TIMEOUT) -> tuple[bool, s
         text = console.read_text(errors="replace") if console.exists() else ""
     if "Kernel panic" in text:
         return True, "a KVM test VM booted"
-    lines = [ln for ln in err.decode(errors="replace").splitlines() if ln.strip()]
-    last = lines[-1] if lines else f"exit status {proc.returncode}"
-    return False, f"KVM test VM failed: {last}"
+    return False, probe_failure(proc.returncode, err.decode(errors="replace"), text)
+
+
+def probe_failure(status: int, stderr: str, console: str) -> str:
+    """Why the KVM test VM did not get to its panic, from what QEMU and the kernel said."""
+    said = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    if said:
+        return f"KVM test VM failed: {said[-1]}"
+    shown = [ln.strip() for ln in console.splitlines() if ln.strip()]
+    if status == 0 and not shown:
+        # -no-reboot turns a reset into an exit: the vCPU faulted before the kernel's
+        # first line (a PVM or nested KVM that cannot run a stock kernel).
+        return ("the KVM test VM reset before its kernel printed a line (exit status 0): "
+                "this KVM does not run a stock kernel (PVM, or nested KVM without support)")
+    last = f"; its console's last line: {shown[-1][:120]}" if shown else ""
+    return f"KVM test VM stopped with exit status {status} before its kernel panic{last}"
 
 
 def kvm_works(kernel: Path) -> tuple[bool, str]:
