@@ -7,9 +7,18 @@ xen test in test_xen.py checks the same path against a real dom0)."""
 from __future__ import annotations
 
 import ipaddress
+import subprocess
+from pathlib import Path
 
 from harness.backends.base import Guest
-from harness.backends.xen.telemetry import NET_MARK, VBD_MARK, domu_samples, parse_vbd_stats
+from harness.backends.xen.telemetry import (
+    NET_MARK,
+    ROUND,
+    VBD_GLOB,
+    VBD_MARK,
+    domu_samples,
+    parse_vbd_stats,
+)
 from harness.identity import make_specs
 from harness.telemetry.sample import Sample
 
@@ -71,3 +80,18 @@ def test_a_dom0_without_blkback_counters_gives_no_disk_rows() -> None:
 def test_vbd_lines_by_domid() -> None:
     assert parse_vbd_stats(VBDS) == {3: (20576, 160), 4: (4096, 64)}
     assert parse_vbd_stats("vbd-x-1 2 3\nvbd-5-1 2") == {}
+
+
+def test_the_round_reads_blkback_counters_from_sysfs(tmp_path: Path) -> None:
+    """The round's own shell loop, run by a real sh over a tree laid out as dom0's sysfs
+    (``vbd-<domid>-<dev>/statistics/{rd,wr}_sect``, one number and a newline each)."""
+    for dev, rd, wr in (("vbd-1-51712", 28350, 0), ("vbd-1-51728", 96, 336)):
+        stats = tmp_path / dev / "statistics"
+        stats.mkdir(parents=True)
+        (stats / "rd_sect").write_text(f"{rd}\n")
+        (stats / "wr_sect").write_text(f"{wr}\n")
+    (tmp_path / "vif-1-0").mkdir()  # not a block device: left out
+    script = ROUND.replace(VBD_GLOB, f"{tmp_path}/vbd-*").replace("xl list", "true")
+    out = subprocess.run(["sh", "-c", script, "sh"], capture_output=True, text=True,
+                         check=True).stdout
+    assert parse_vbd_stats(out.split(VBD_MARK, 1)[1]) == {1: (28350 + 96, 336)}

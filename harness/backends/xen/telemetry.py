@@ -28,7 +28,8 @@ NET_MARK, VBD_MARK = "@@scalelab-net", "@@scalelab-vbd"
 VBD_GLOB = "/sys/bus/xen-backend/devices/vbd-*"
 ROUND = (f"xl list; echo {NET_MARK}; cat /proc/net/dev; echo {VBD_MARK}; "
          f"for d in {VBD_GLOB}; do [ -d \"$d/statistics\" ] && "
-         "echo \"${d##*/} $(cat \"$d/statistics/rd_sect\" \"$d/statistics/wr_sect\")\"; "
+         # unquoted $(…): the two files' lines become one line of words
+         "echo \"${d##*/}\" $(cat \"$d/statistics/rd_sect\" \"$d/statistics/wr_sect\"); "
          "done; true")
 SECTOR = 512
 
