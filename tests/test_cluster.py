@@ -505,6 +505,25 @@ def test_clean_removes_the_lab_network(image: Image, tmp_path: Path, mark: str) 
     wait_clean(before, tmp_path, mark)
 
 
+@pytest.mark.integration
+def test_nginx_on_one_lab_host_loaded_from_another(image: Image, tmp_path: Path,
+                                                   mark: str) -> None:
+    """The nginx/wrk scenario, unchanged, over 2 lab hosts: wrk on the far host reaches the
+    server across the tunnel."""
+    before = snapshot()
+    res = pytest_run(tmp_path, mark, "scenarios/test_web_load.py", "--guests=4",
+                     "--cluster=local:2")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    run = (tmp_path / "latest").resolve()
+    t = pd.read_parquet(run / "timings.parquet")
+    (server_host,) = set(t[t["op"] == "nginx_ready"]["lab_host"])
+    m = pd.read_parquet(run / "metrics.parquet")
+    rate = m[m["metric"] == "wrk_request_rate"]
+    far = rate[rate["lab_host"] != server_host]
+    assert len(far) >= 1 and (far["value"] > 0).all(), rate
+    wait_clean(before, tmp_path, mark)
+
+
 # -- bad input: one clear line, nothing left -------------------------------------------------
 
 
