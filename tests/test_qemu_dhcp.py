@@ -106,3 +106,19 @@ def test_nothing_left(lab: Lab, before: Snapshot) -> None:
             for k, vs in before.diff(snapshot()).items()}
     assert not any(left.values()), left
     assert not where.exists()
+
+
+def test_dhcp_vms_on_two_lab_hosts(vm_image: Image, tmp_path: Path) -> None:
+    """Two emulated lab hosts, a VM on each: each dnsmasq leases its own VM the address of
+    its block (with the run's prefix), and the VMs reach each other across the tunnel."""
+    with lab_session(tmp_path / "r", guests="2", cluster="local:2",
+                     backend="qemu://?accel=tcg&net=tap&addressing=dhcp") as s:
+        lab = s.lab_up(2)
+        a, b = lab.guests
+        assert a.lab_host != b.lab_host
+        for g in lab.guests:
+            addr = run_ok(lab, g.name, "ip -4 -o addr show dev eth0")
+            assert f"inet {g.spec.ip} " in addr, addr
+        banner = run_ok(lab, a.name, "python3 -c \"import socket; print(socket.create_connection("
+                        f"('{b.spec.address}', 22), timeout=5).recv(7))\"")
+        assert "SSH-2.0" in banner
