@@ -32,25 +32,28 @@ import paramiko
 
 from harness.plumbing.result import CommandResult
 from harness.ssh.commands import MAX_OUTPUT, capped_text
-from harness.ssh.executor_guest import CHUNK, Frames, encode_request, frame
+from harness.ssh.executor_wire import CHUNK, Frames, encode_request, frame
 from harness.ssh.failures import Failure, GuestError
 
-_SOURCE = (Path(__file__).with_name("executor_guest.py")).read_bytes()
+#: The executor's two sources, run in this order in one namespace (no NUL in either).
+_SOURCES = [(Path(__file__).with_name(f)).read_bytes()
+            for f in ("executor_wire.py", "executor_guest.py")]
 #: The executor compiled here: a guest whose Python has the same bytecode (its
 #: ``cache_tag``, say ``cpython-311``) runs it as it is, saving the ~20 ms its compilation
-#: costs at every start; another compiles the source sent with it.
-_CODE = marshal.dumps(compile(_SOURCE, "scalelab-executor", "exec"))
-_SENT = _CODE + _SOURCE
+#: costs at every start; another compiles the sources sent with it.
+_CODE = marshal.dumps(tuple(compile(src, "scalelab-executor", "exec") for src in _SOURCES))
+EXECUTOR_BYTES = _CODE + b"\0".join(_SOURCES)
 
 #: The command the session's channel runs: ``python3`` reading exactly the executor (code
 #: and source) from its stdin and running it (stdin and stdout are the channel from then
 #: on).  ``-I -S``: no user site, no ``site`` import, nothing from the guest's environment.
 BOOTSTRAP = (
     "python3 -I -S -c 'import os,sys,marshal\ns=b\"\"\n"
-    f"while len(s)<{len(_SENT)}:s+=os.read(0,{len(_SENT)}-len(s))\n"
-    f"exec(marshal.loads(s[:{len(_CODE)}]) "
-    f"if sys.implementation.cache_tag==\"{sys.implementation.cache_tag}\" "
-    f"else compile(s[{len(_CODE)}:],\"scalelab-executor\",\"exec\"))'"
+    f"while len(s)<{len(EXECUTOR_BYTES)}:s+=os.read(0,{len(EXECUTOR_BYTES)}-len(s))\n"
+    f"for c in (marshal.loads(s[:{len(_CODE)}]) "
+    f"if sys.implementation.cache_tag==\"{sys.implementation.cache_tag}\" else "
+    f"[compile(t,\"scalelab-executor\",\"exec\") for t in s[{len(_CODE)}:].split(b\"\\0\")]):"
+    "exec(c)'"
 )
 
 #: A guest-side deadline is the client's plus this: the client gives up first and says
@@ -139,7 +142,7 @@ class Session:
             chan.settimeout(timeout)
             chan.exec_command(BOOTSTRAP)
             with contextlib.suppress(OSError):  # ended already (no python3): _hello says so
-                chan.sendall(_SENT)
+                chan.sendall(EXECUTOR_BYTES)
             hello = cls._hello(chan, guest)
         except BaseException:
             chan.close()

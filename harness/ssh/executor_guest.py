@@ -1,27 +1,19 @@
 """The guest side of a persistent session: a small executor that runs in the guest for the
 whole run, reading requests from its stdin and writing replies to its stdout (one SSH
 channel), and runs each command as a plain child process: no new channel, no sshd session,
-no login shell per command.
+no login shell per command.  Requests run concurrently; replies come in the order commands
+finish, each with its request's id.
 
-Its source is sent over the channel by :mod:`harness.ssh.executor` and started with
-``python3 -c`` (stdlib only, one file, nothing written to the guest).  The client imports
-:data:`HEAD`, :func:`frame` and :class:`Frames` from here, so the protocol has one
-definition.
-
-A frame is ``HEAD`` (magic, request id, meta length, payload length; big-endian) followed by
-the meta (a JSON object) and the payload (raw bytes: a command's stdin, a file's contents,
-a reply's stdout followed by its stderr).  Requests run concurrently; replies come in the
-order commands finish, each with its request's id.  The idea is mitogen's (a fixed binary
-header with ids, then the message); the code is ours.
+Its code (and this module's and :mod:`harness.ssh.executor_wire`'s sources, for a guest
+whose Python has other bytecode) is sent over the channel by :mod:`harness.ssh.executor`
+and started with ``python3 -c``: stdlib only, nothing written to the guest.
 """
 
 from __future__ import annotations
 
-import marshal
 import os
 import pwd
 import select
-import struct
 import sys
 import time
 
@@ -35,106 +27,18 @@ if TYPE_CHECKING:
     from typing import Any
 else:
     import _signal as signal
-
-MAGIC = 0x534C  # "SL"
-#: magic, request id, meta length, payload length.
-HEAD = struct.Struct(">HIII")
-CHUNK = 65536
-#: A command made only of these characters (and single spaces) means the same to any shell
-#: as its words do to execve: it is run without a shell.  Quotes, expansions, globs,
-#: redirections, separators, comments and ``~`` all send it to the shell.
-_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_@%+=:,./-")
-#: First words only a shell can run (keywords and builtins that change the shell itself).
-_SHELL_ONLY = frozenset((
-    "if", "then", "else", "elif", "fi", "case", "esac", "for", "while", "until", "do", "done",
-    "function", "select", "time", "cd", "exit", "export", "exec", "set", "unset", "alias",
-    "source", ".", "eval", "read", "ulimit", "umask", "wait", "trap", "shift", "return",
-    "break", "continue", "readonly", "local", "declare", "typeset", "command", "hash", "jobs",
-    "fg", "bg"))
-
-
-def frame(rid: int, meta: bytes, payload: bytes = b"") -> bytes:
-    """One frame of an encoded ``meta``: :func:`encode_request` from the client,
-    :func:`encode_reply` from the executor."""
-    return HEAD.pack(MAGIC, rid, len(meta), len(payload)) + meta + payload
-
-
-def encode_request(meta: dict[str, Any]) -> bytes:
-    """A request's meta: ``marshal`` (built in; the client is trusted by the executor)."""
-    return marshal.dumps(meta, 4)
-
-
-def encode_reply(meta: dict[str, Any]) -> bytes:
-    """A reply's meta: JSON (the client parses what a guest says as data, never more),
-    written by hand for the few types a reply has."""
-    return _json(meta).encode()
-
-
-def _json(v: Any) -> str:
-    if v is None or isinstance(v, bool):
-        return {None: "null", True: "true", False: "false"}[v]
-    if isinstance(v, (int, float)):  # a tuple: guests may run a Python before 3.10
-        return repr(v)
-    if isinstance(v, str):
-        return '"' + "".join(c if " " <= c < "\x7f" and c not in '"\\' else
-                             f"\\u{ord(c):04x}" for c in v) + '"'
-    if isinstance(v, dict):
-        return "{" + ",".join(f"{_json(str(k))}:{_json(x)}" for k, x in v.items()) + "}"
-    return "[" + ",".join(_json(x) for x in v) + "]"
-
-
-class Frames:
-    """Frames cut from a byte stream as it arrives, each meta read by ``decode``."""
-
-    def __init__(self, decode: Any = marshal.loads) -> None:
-        self.buf = bytearray()
-        self.decode = decode
-
-    def feed(self, data: bytes) -> list[tuple[int, dict[str, Any], bytes]]:
-        self.buf += data
-        out = []
-        while len(self.buf) >= HEAD.size:
-            magic, rid, mlen, plen = HEAD.unpack_from(self.buf)
-            if magic != MAGIC:
-                raise ValueError(f"bad frame magic {magic:#x}")
-            end = HEAD.size + mlen + plen
-            if len(self.buf) < end:
-                break
-            meta = self.decode(bytes(self.buf[HEAD.size:HEAD.size + mlen]))
-            out.append((rid, meta, bytes(self.buf[HEAD.size + mlen:end])))
-            del self.buf[:end]
-        return out
-
-
-def plain_argv(command: str, path: str) -> list[str] | None:
-    """``command`` as an argv to exec directly, or None when it needs a shell."""
-    words = command.split(" ")
-    if not command or "" in words or not _PLAIN.issuperset(command.replace(" ", "")):
-        return None
-    if words[0] in _SHELL_ONLY or "=" in words[0]:
-        return None
-    exe = _which(words[0], path)
-    return None if exe is None else [exe, *words[1:]]
-
-
-#: (name, PATH) → where it was found: a fan-out runs the same few commands over and over,
-#: and each PATH search is a stat per directory.  A program that has gone since fails its
-#: spawn, which drops the entry and leaves the command to the shell.
-_FOUND: dict[tuple[str, str], str] = {}
-
-
-def _which(name: str, path: str) -> str | None:
-    hit = _FOUND.get((name, path))
-    if hit is not None:
-        return hit
-    candidates = [name] if "/" in name else [os.path.join(d or ".", name)
-                                             for d in path.split(":")]
-    for c in candidates:
-        if os.path.isfile(c) and os.access(c, os.X_OK):
-            _FOUND[(name, path)] = c
-            return c
-    return None
-
+if __name__ != "__main__":
+    # On the client (tests, the protocol's one definition). In the guest these names are
+    # already defined: executor_wire's source runs first, in the same namespace.
+    from harness.ssh.executor_wire import (
+        CHUNK,
+        FOUND,
+        Frames,
+        encode_reply,
+        frame,
+        plain_argv,
+        which,
+    )
 
 class Job:
     """One running command: its child, its output so far (capped) and its deadline."""
@@ -310,7 +214,7 @@ class Executor:
             job.pid = self.spawn(argv, env, cwd, job, payload)
         except OSError as exc:
             if isinstance(exc, FileNotFoundError) and meta.get("argv") is None:
-                _FOUND.clear()  # a program found before has gone: let the shell say so
+                FOUND.clear()  # a program found before has gone: let the shell say so
             job.status = 127 if isinstance(exc, FileNotFoundError) else 126
             job.err += f"scalelab executor: {argv[0]}: {exc.strerror or exc}\n".encode()
             self.send(job.reply())
@@ -325,7 +229,7 @@ class Executor:
         out, err = os.pipe(), os.pipe()  # non-inheritable until dup2'd onto 1 and 2
         stdin = os.pipe() if payload else (self.null, -1)
         try:
-            exe = argv[0] if "/" in argv[0] else (_which(argv[0], env.get("PATH", ""))
+            exe = argv[0] if "/" in argv[0] else (which(argv[0], env.get("PATH", ""))
                                                   or argv[0])
             pid = os.posix_spawn(
                 exe, argv, env, setsid=True,
