@@ -50,15 +50,22 @@ def lab(session: Session, image: Image) -> Iterator[Lab]:
     lab.stop()
 
 
+def _fleet(lab: Lab) -> Fleet:
+    """The lab's own fleet (one lab host: its connections are here)."""
+    fleet = lab.require_fleet()
+    assert isinstance(fleet, Fleet)
+    return fleet
+
+
 def _session(lab: Lab, name: str) -> GuestSession:
-    s = session_of(lab.require_fleet().clients[name])
+    s = session_of(_fleet(lab).clients[name])
     assert s is not None, f"{name} has no executor session"
     return s
 
 
 def _exec(lab: Lab, name: str, cmd: str) -> str:
     """``cmd`` over an exec channel of its own (not through the executor)."""
-    res = run_on(lab.require_fleet().clients[name], cmd, timeout=30, guest=name)
+    res = run_on(_fleet(lab).clients[name], cmd, timeout=30, guest=name)
     assert res.exit_status == 0, res.stderr
     return res.stdout
 

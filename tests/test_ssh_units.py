@@ -53,6 +53,7 @@ def _result(status: int = 0, stdout: str = "", stderr: str = "") -> CommandResul
 def test_failure_values_are_the_strings_rows_and_reports_hold() -> None:
     assert {str(f) for f in Failure} == {
         "timeout", "refused", "banner", "auth", "hostkey", "exit", "lost", "error", "identity",
+        "output",
     }
     lost: str = Failure.LOST  # as a row's column sees it
     assert lost == "lost" and hash(lost) == hash("lost") and f"{Failure.HOSTKEY}" == "hostkey"
