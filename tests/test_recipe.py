@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -156,8 +157,13 @@ def test_web_load_example_scenario(root: None, tmp_path: Path) -> None:
     assert before.diff(snapshot()) == {}
     import pandas as pd
 
-    m = pd.read_parquet((tmp_path / "latest").resolve() / "metrics.parquet")
+    run = (tmp_path / "latest").resolve()
+    m = pd.read_parquet(run / "metrics.parquet")
     rate = m[m["metric"] == "wrk_request_rate"]
-    assert rate.groupby("n_guests")["guest"].nunique().to_dict() == {1: 1, 3: 2}
+    # N=3: one server, two clients with wrk; N=1 has no client for its server (roles).
+    assert rate.groupby("n_guests")["guest"].nunique().to_dict() == {3: 2}
+    tests = {t["test"]: t for t in json.loads((run / "run.json").read_text())["tests"]}
+    assert tests["test_nginx_under_wrk[n=1]"]["outcome"] == "skipped"
+    assert tests["test_nginx_under_wrk[n=3]"]["outcome"] == "passed"
     assert (rate["value"] > 0).all()
     assert (m[m["metric"] == "wrk_errors"]["value"] == 0).all()
