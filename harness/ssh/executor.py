@@ -200,8 +200,9 @@ class Session:
         """Send one command; :meth:`Pending.result` waits for it.  ``request``: what
         :func:`run_request` made of the same arguments (a fan-out makes it once)."""
         meta = request or run_request(command, timeout=timeout, env=env, cwd=cwd)
+        sent_ns = time.time_ns()
         rid, fut = self.submit(meta, stdin or b"")
-        return Pending(self, rid, fut, command, timeout)
+        return Pending(self, rid, fut, command, timeout, sent_ns)
 
     def run(self, command: str, *, timeout: float | None = None, stdin: bytes | None = None,
             env: Mapping[str, str] | None = None, cwd: str | None = None) -> CommandResult:
@@ -274,6 +275,8 @@ class Pending:
     fut: Future[Reply]
     command: str
     timeout: float | None
+    #: When the request left (this host's clock): the row's start.
+    sent_ns: int = 0
 
     def result(self, deadline: float | None = None) -> CommandResult:
         """The command's result; ``deadline`` (monotonic) overrides its own timeout."""
@@ -295,8 +298,12 @@ class Pending:
         dropped = meta.get("dropped") or [0, 0]
         out = capped_text(reply.payload[:n_out], int(dropped[0]))
         err = capped_text(reply.payload[n_out:], int(dropped[1]))
-        # Start and end as the guest measured them (its clock; the end is its start plus a
-        # monotonic duration there).
+        # The duration as the guest measured it (monotonic there, no transport in it), laid
+        # on this host's clock from when the request left: a VM's clock may be off by a
+        # second (TCG, an RTC read at boot), and rows must line up with fault bands and
+        # samples, which are all on this host's clock.
+        took = max(0, int(meta["end"]) - int(meta["start"]))
+        start = self.sent_ns or int(meta["start"])
         return CommandResult(guest, self.command, int(meta["status"]), out, err,
-                             int(meta["start"]), int(meta["end"]))
+                             start, start + took)
 

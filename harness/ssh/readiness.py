@@ -202,8 +202,10 @@ class _Wait:
         except Exception as exc:
             client.close()
             cls = classify(exc)
-            if cls in _FINAL_HANDSHAKE or time.monotonic() > self.deadline:
+            if cls in _FINAL_HANDSHAKE:
                 raise GuestError(self.guest.name, cls, str(exc) or type(exc).__name__) from exc
+            # Past the deadline too: the loop gives up with "not ready after …(last: …)",
+            # the same words whichever attempt happened to be the last.
             raise _Retry(exc, pause=True) from exc
         t_auth = time.time_ns()
         t_banner = getattr(timed, "first_byte_ns", None) or t_tcp
