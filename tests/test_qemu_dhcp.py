@@ -3,7 +3,6 @@ its lease; each gets the address its identity holds, by MAC, and no other MAC ge
 
 from __future__ import annotations
 
-import ipaddress
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +12,7 @@ from helpers.labs import lab_session, run_ok
 from leaks import Snapshot, snapshot
 
 from harness.backends.qemu import QemuBackend, dhcp
-from harness.identity import make_specs, run_tag
+from harness.identity import run_tag
 from harness.image.cache import Image
 from harness.image.vm import ASSETS
 from harness.lab import Lab
@@ -23,14 +22,7 @@ pytestmark = pytest.mark.vm
 N = 2
 
 
-def test_config_leases_only_known_macs(tmp_path: Path) -> None:
-    specs = make_specs("r", 2, ipaddress.IPv4Network("10.9.0.0/24"))
-    text = dhcp.config_text("slb-x", specs, tmp_path / "l", mtu=1450)
-    lines = text.splitlines()
-    assert "dhcp-ignore=tag:!known" in lines and "interface=slb-x" in lines
-    assert "dhcp-range=10.9.0.0,static,255.255.255.0,infinite" in lines
-    assert f"dhcp-host={specs[1].mac},10.9.0.3,{specs[1].name},infinite" in lines
-    assert "dhcp-option=option:router" in lines and "dhcp-option=option:mtu,1450" in lines
+# The configuration it is given: tests/test_dhcp_config.py.
 
 
 @pytest.fixture(scope="module")

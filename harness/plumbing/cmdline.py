@@ -35,14 +35,17 @@ def guest_cmdline(
     upper: UpperLayer = "disk",
     no_bios_disks: bool = False,
     quiet: bool = False,
+    dhcp: bool = False,
     extra: str = "",
 ) -> str:
     """The kernel command line of one guest, as one string.
 
     ``init`` is the program the kernel starts (the image's lean init or ``SYSTEMD_INIT``).
     ``upper`` says where the overlay's writable layer lives: on the guest's own disk, or on
-    a tmpfs seeded from that disk (the seed's variant).  ``extra`` goes last, so a person's
-    additions override what comes before (the kernel keeps the last of a repeated key).
+    a tmpfs seeded from that disk (the seed's variant).  ``dhcp`` has the init ask the lab's
+    DHCP server for the lease of the guest's MAC (``ip=dhcp``) instead of reading the address.
+    ``extra`` goes last, so a person's additions override what comes before (the kernel
+    keeps the last of a repeated key).
     """
     parts = [
         f"console={devices.console}", f"root={devices.root}", "ro", "rootfstype=ext4",
@@ -56,7 +59,7 @@ def guest_cmdline(
         "net.ifnames=0",
         f"hostname={hostname}",
         # The kernel's ip= syntax (the init applies it); no gateway: no way out of the lab.
-        f"ip={ip.ip}:::{ip.network.netmask}:{hostname}:eth0:off",
+        "ip=dhcp" if dhcp else f"ip={ip.ip}:::{ip.network.netmask}:{hostname}:eth0:off",
     ]
     if upper == "disk":
         parts.append(f"overlayroot=disk:{devices.upper}")

@@ -36,6 +36,7 @@ PACKAGES = (
     "iproute2",
     "e2fsprogs",
     "gzip",
+    "dnsmasq-base",  # addressing=dhcp: the domUs' leases on the bridge
 )
 INIT = Path(__file__).with_name("dom0-init.sh")
 SSHD_CONFIG = """\

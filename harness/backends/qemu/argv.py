@@ -58,9 +58,7 @@ def kernel_cmdline(opts: QemuOptions, spec: GuestSpec) -> str:
         hostname=spec.name, ip=spec.ip, devices=QEMU_DEVICES,
         init=SYSTEMD_INIT if opts.init == "systemd" else GUEST_INIT,
         upper=opts.upper, no_bios_disks=True, quiet=opts.quiet,
-        # The init keeps the last ip=: with dhcp it asks for its lease instead.
-        extra=" ".join(filter(None, ["ip=dhcp" if opts.addressing == "dhcp" else "",
-                                     opts.append])),
+        dhcp=opts.addressing == "dhcp", extra=opts.append,
     )
 
 

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Literal, TypeVar
 
+from harness.backends.dhcpserver import Addressing, parse_addressing
 from harness.errors import UserError
 from harness.plumbing.units import parse_size
 
@@ -13,13 +14,11 @@ Accel = Literal["auto", "kvm", "tcg"]
 Net = Literal["auto", "tap", "user"]
 Init = Literal["lean", "systemd"]
 Upper = Literal["disk", "tmpfs"]
-Addressing = Literal["static", "dhcp"]
 # The first of each is the default.
 ACCELS: tuple[Accel, ...] = ("auto", "kvm", "tcg")
 NETS: tuple[Net, ...] = ("auto", "tap", "user")
 INITS: tuple[Init, ...] = ("lean", "systemd")
 UPPERS: tuple[Upper, ...] = ("disk", "tmpfs")
-ADDRESSINGS: tuple[Addressing, ...] = ("static", "dhcp")
 
 #: Host memory a VM costs beyond its guest RAM and TCG's translation cache (QEMU itself,
 #: its devices), used only to refuse labs that cannot fit.
@@ -77,7 +76,7 @@ class QemuOptions:
     quiet: bool = True  # no kernel messages on the console
     append: str = ""  # more kernel command line, added last
     #: static: the address on the kernel command line (ip=); dhcp: a dnsmasq on the lab
-    #: bridge leases each MAC its identity's address (harness.backends.qemu.dhcp)
+    #: bridge leases each MAC its identity's address (harness.backends.dhcpserver)
     addressing: Addressing = "static"
 
     @classmethod
@@ -108,7 +107,7 @@ class QemuOptions:
         cpu = options.get("cpu", "")
         if any(c.isspace() for c in cpu):
             raise UserError(f"qemu option cpu={cpu!r}: one CPU model name")
-        addressing = _choice(options, "addressing", ADDRESSINGS)
+        addressing = parse_addressing(options, "qemu")
         if addressing == "dhcp" and net == "user":
             raise UserError("qemu option addressing=dhcp needs the lab bridge: use net=tap")
         return cls(memory=memory, accel=accel, net=net, init=init, upper=upper, disk=disk,

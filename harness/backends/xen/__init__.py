@@ -15,23 +15,24 @@ for dom0), ``bridge`` (default xenbr0), ``memory`` (MiB per domU, default 256), 
 ``disk`` (writable disk MiB, default 64), ``workdir`` (on dom0, default /var/lib/scalelab/xen),
 ``parallel`` (concurrent ``xl create``), ``connect_timeout`` (seconds), ``init`` (``lean``,
 the image's small init, or ``systemd``), ``cmdline`` (added to every domU's kernel command
-line).
+line), ``addressing`` (``static``: ``ip=`` on the command line; ``dhcp``: a dnsmasq on dom0's
+bridge leases each domU's MAC its address, see ``dhcp``).
 
 dom0's host key is never learnt from the network while a lab runs: it must be in
 ``known_hosts`` (or ``~/.ssh/known_hosts``) already; ``python -m harness.backends.xen
 record-host-key root@dom0 FILE`` records it once, on purpose, and prints its fingerprint.
 
-Everything made on dom0 (run directory, writable disks, configs, domUs, the bridge address)
-is journalled as a ``callback`` resource before it is made, so ``scalelab clean`` can take it
-down from another process.
+Everything made on dom0 (run directory, writable disks, configs, domUs, the bridge address,
+the DHCP server) is journalled as a ``callback`` resource before it is made, so ``scalelab
+clean`` can take it down from another process.
 
 Modules: ``options`` (the URL, checked), ``dom0`` (commands and files on dom0, one
 connection per dom0, each command's ``CommandResult``), ``facts`` (what dom0 has, and what
 it lacks for N domUs), ``staging`` (the image bundle and the bridge address on dom0),
 ``xlconfig`` (domU configs rendered), ``domu`` (one domU: its config, ``xl create``),
 ``xl`` (what ``xl list`` says, and whether a domU still exists), ``footprint`` (memory and
-disk per domU), ``bundle`` (the image on dom0), ``cleanup`` (the journal's callbacks) and
-``backend`` (``XenBackend``).
+disk per domU), ``bundle`` (the image on dom0), ``cleanup`` (the journal's callbacks),
+``dhcp`` (``addressing=dhcp``: dnsmasq on dom0) and ``backend`` (``XenBackend``).
 """
 
 from harness.backends.xen.backend import XenBackend
@@ -44,6 +45,7 @@ from harness.backends.xen.cleanup import (
     remove_address,
     remove_path,
 )
+from harness.backends.xen.dhcp import stop_dhcp
 from harness.backends.xen.dom0 import (
     Dom0,
     LocalDom0,
@@ -75,5 +77,5 @@ __all__ = [
     "bundle_sources", "close_pool", "connect", "destroy_domain", "disk_spec", "dom0_for",
     "domain_name", "guest_cmdline", "known_hosts_line", "loops_on", "parse_xl_list",
     "parse_xl_list_long", "record_host_key", "release_loops", "remove_address", "remove_path",
-    "render_config", "vif_spec", "xl_string",
+    "render_config", "stop_dhcp", "vif_spec", "xl_string",
 ]

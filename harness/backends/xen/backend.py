@@ -24,6 +24,7 @@ from harness.backends.xen.cleanup import (
     domain_loops,
     removed_key,
 )
+from harness.backends.xen.dhcp import serve_leases
 from harness.backends.xen.dom0 import CREATE_TIMEOUT, Dom0, RemoteDom0, dom0_for
 from harness.backends.xen.domu import CreateFailed, Domain, domain_config, xl_create
 from harness.backends.xen.facts import Dom0Facts, probe_dom0
@@ -241,6 +242,7 @@ class XenBackend(Backend):
         )
 
     def up(self, specs: Sequence[GuestSpec]) -> list[Guest]:
+        serve_leases(self.run, self.opts, specs, self._record)  # before any domU asks
         created, failures = self._create_all(specs)
         if failures:
             raise self._abandon_up(created, failures)
@@ -313,9 +315,9 @@ class XenBackend(Backend):
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xl-destroy") as p:
                 problems += [m for m in p.map(self._destroy, doomed) if m]
         if not problems:
-            # Every domU is gone: loops, files and the address can go (newest first).
+            # Every domU is gone: DHCP, loops, files and the address can go (newest first).
             for res in reversed(list(self._resources_of(
-                    "release_loops", "remove_path", "remove_address"))):
+                    "stop_dhcp", "release_loops", "remove_path", "remove_address"))):
                 met = teardown([res])
                 problems += met
                 if not met:
@@ -337,6 +339,7 @@ class XenBackend(Backend):
         out["memory_mib"] = self.opts.memory_mib
         out["vcpus"] = self.opts.vcpus
         out["bridge_address_added"] = self._address
+        out["addressing"] = self.opts.addressing
         if self.facts is not None:
             out["xen_version"] = self.facts.xen_version
             out["dom0_cpus"] = self.facts.nr_cpus

@@ -28,6 +28,8 @@ def removed_key(target: Target, res: Resource) -> tuple[Any, ...]:
         return (target.pool_key, "loops", tuple(map(tuple, kw["loops"])))
     if "cidr" in kw:
         return (target.pool_key, "address", kw["bridge"], kw["cidr"])
+    if "conf" in kw:
+        return (target.pool_key, "dhcp", kw["conf"])
     return (target.pool_key, "domain", kw.get("name"))
 
 

@@ -57,7 +57,8 @@ def domain_config(spec: GuestSpec, opts: XenOptions, files: dict[str, str], run_
         run_id=run_id,
         kernel=files["vmlinuz"],
         ramdisk=files["initrd.img"],
-        extra=guest_cmdline(spec, systemd=opts.init == "systemd", extra=opts.cmdline),
+        extra=guest_cmdline(spec, systemd=opts.init == "systemd",
+                            dhcp=opts.addressing == "dhcp", extra=opts.cmdline),
         memory_mib=memory,
         vcpus=vcpus,
         disks=(

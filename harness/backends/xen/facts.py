@@ -33,7 +33,7 @@ if [ -d /sys/module/loop ] || [ -e /dev/loop-control ]; then echo loop_driver=ye
 total=$(ls /dev | grep -c '^loop[0-9][0-9]*$')
 used=$(losetup -n -O NAME 2>/dev/null | wc -l)
 echo loop_free=$((total - used))
-for t in mkdir rm losetup ip; do command -v $t >/dev/null 2>&1 && echo has_$t=yes; done
+for t in mkdir rm losetup ip dnsmasq; do command -v $t >/dev/null 2>&1 && echo has_$t=yes; done
 """
 
 
@@ -106,6 +106,9 @@ def probe_dom0(d: Dom0, opts: XenOptions, n_guests: int) -> Dom0Facts:
     problems = _bridge_problems(kv, opts.bridge) + _loop_problems(kv, n_guests)
     problems += [f"`{tool}` is missing" for tool in ("mkdir", "rm", "losetup", "ip")
                  if kv.get(f"has_{tool}") != "yes"]
+    if opts.addressing == "dhcp" and kv.get("has_dnsmasq") != "yes":
+        problems.append("`dnsmasq` is missing, which addressing=dhcp runs on the bridge "
+                        "(apt-get install dnsmasq-base)")
     problems += _memory_problems(facts, opts, n_guests)
     if problems:
         raise UserError(f"{where} is not ready for {n_guests} domUs: " + "; ".join(problems))

@@ -6,11 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.backends.dhcpserver import Addressing, parse_addressing
 from harness.errors import UserError
 
 DEFAULT_WORKDIR = "/var/lib/scalelab/xen"
-
-
 
 
 def _int_option(options: dict[str, str], key: str, default: int, low: int = 1) -> int:
@@ -79,10 +78,13 @@ class XenOptions:
     parallel: int = 2
     cmdline: str = ""
     init: str = "lean"
+    #: static: the address on the domU's kernel command line (ip=); dhcp: a dnsmasq on dom0's
+    #: bridge leases each MAC its identity's address (harness.backends.xen.dhcp)
+    addressing: Addressing = "static"
 
     KNOWN = frozenset({
         "host", "user", "port", "known_hosts", "key", "bridge", "memory", "vcpus", "disk",
-        "workdir", "parallel", "connect_timeout", "cmdline", "init",
+        "workdir", "parallel", "connect_timeout", "cmdline", "init", "addressing",
     })
 
     @classmethod
@@ -133,4 +135,5 @@ class XenOptions:
             parallel=_int_option(options, "parallel", 2),
             cmdline=options.get("cmdline", ""),
             init=_choice(options, "init", ("lean", "systemd")),
+            addressing=parse_addressing(options, "xen"),
         )

@@ -38,13 +38,14 @@ def vif_spec(mac: str, bridge: str) -> str:
 XEN_DEVICES = cmdline.BootDevices(console="hvc0", root="/dev/xvda", upper="/dev/xvdb")
 
 
-def guest_cmdline(spec: GuestSpec, *, systemd: bool = False, extra: str = "") -> str:
+def guest_cmdline(spec: GuestSpec, *, systemd: bool = False, dhcp: bool = False,
+                  extra: str = "") -> str:
     """The domU kernel command line (the one every VM backend writes, with Xen's devices):
     the shared root read-only, the domU's own disk as the overlay's upper layer, its name
-    and address."""
+    and address (or, with ``dhcp``, ``ip=dhcp``: its init asks dom0's dnsmasq)."""
     return cmdline.guest_cmdline(
         hostname=spec.name, ip=spec.ip, devices=XEN_DEVICES,
-        init=cmdline.SYSTEMD_INIT if systemd else GUEST_INIT, extra=extra,
+        init=cmdline.SYSTEMD_INIT if systemd else GUEST_INIT, dhcp=dhcp, extra=extra,
     )
 
 
