@@ -18,6 +18,7 @@ from harness.errors import UserError
 from harness.image.recipe import Recipe, load_recipe
 from harness.plumbing.units import parse_size
 from harness.roles import RoleSpec
+from harness.sessionbudget import MODES
 
 MAX_GUESTS = 4096
 
@@ -86,6 +87,15 @@ def _size(name: str) -> Callable[[Any], str | None]:
     return parse
 
 
+def _choice(name: str, choices: tuple[str, ...]) -> Callable[[Any], str]:
+    def parse(v: Any) -> str:
+        if str(v) not in choices:
+            raise UserError(f"--{name}={v!r}: one of {', '.join(choices)}")
+        return str(v)
+
+    return parse
+
+
 def _bool(v: Any) -> bool:
     if isinstance(v, bool):
         return v
@@ -138,6 +148,8 @@ OPTIONS: list[Option] = [
            1.0, _positive_float("sample-interval", zero_ok=True)),
     Option("live_report", "re-render the report every SECONDS while the run goes on (0: off)",
            0.0, _positive_float("live-report", zero_ok=True)),
+    Option("sessions", "a persistent executor session per guest: auto (on unless the host's "
+           "memory cannot hold N of them), on, off", "auto", _choice("sessions", MODES)),
     Option("roles", "roles dealt out over the lab's guests, e.g. server=1,clients=rest "
            "(a scenario's @pytest.mark.roles overrides them)"),
 ]
@@ -163,6 +175,7 @@ class LabConfig:
     sample_interval: float = 1.0
     live_report: float = 0.0
     roles: str | None = None
+    sessions: str = "auto"
     project_dir: Path = field(default_factory=Path.cwd)
     #: ``backend`` parsed, and the image recipe loaded, once, when the config is made: the
     #: layers below read these and never parse the text again.

@@ -12,3 +12,8 @@ class UserError(Exception):
 
 class LabError(Exception):
     """Something in the lab itself failed (a guest did not boot, a command failed)."""
+
+
+class CapacityWarning(UserWarning):
+    """The lab runs, but differently from what was asked, because this host cannot hold it
+    as asked (said once, with what it does instead and how to insist)."""

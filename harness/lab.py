@@ -12,6 +12,7 @@ import contextlib
 import json
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
@@ -24,13 +25,14 @@ import paramiko
 from harness.backends import load_backend
 from harness.backends.base import Backend, Guest, HasFootprint, HasJumpHosts, Jump, RunContext
 from harness.config import LabConfig
-from harness.errors import LabError
+from harness.errors import CapacityWarning, LabError
 from harness.identity import GuestSpec, KeyPair, choose_subnet, make_specs, preflight
 from harness.image import cache
 from harness.image.ensure import ensure_image
 from harness.inventory import InventoryLab, write_inventory
 from harness.readywait import ReadyWaiter, WaitHooks
 from harness.roles import Roles, RoleSpec
+from harness.sessionbudget import available_bytes, sessions_off_reason
 from harness.ssh import (
     FanOut,
     Fleet,
@@ -115,6 +117,8 @@ class Lab:
         #: The lab host the guests run on, when the lab is a cluster's shard.
         self.lab_host = ""
         self.bringup_seconds: float | None = None
+        #: Why the guests run without executor sessions (decided at bring-up), or None.
+        self.sessions_off: str | None = None
         #: Every role dealt out over this lab's guests during the run (the inventory's
         #: ``role_<name>`` groups): the lab's own ``--roles`` and its scenarios' markers.
         self.roles = Roles()
@@ -250,10 +254,15 @@ class Lab:
         handshakes of the first guests overlap the starting of the last.
         """
         assert self.image is not None
+        self.sessions_off = sessions_off_reason(
+            self.config.sessions, len(specs), self.backend.guests_in_host_memory,
+            available_bytes())
+        if self.sessions_off is not None and self.config.sessions == "auto":
+            warnings.warn(self.sessions_off, CapacityWarning, stacklevel=2)
         waiter = ReadyWaiter(load_private_key(private_key), self.config, WaitHooks(
             on_phase=self._phase, on_ready=self._ready, on_failed=self._ready_failed,
             dead=self.backend.dead, jump_clients=self._jump_clients,
-        ))
+        ), self.sessions_off)
         ctx.on_started = waiter.submit
         try:
             self.backend.prepare(self.image, ctx)
@@ -341,6 +350,8 @@ class Lab:
             "bringup_seconds": self.bringup_seconds,
             "failures": {n: e.error_class for n, e in self.failures.items()},
             "roles": {r: list(ns) for r, ns in self.roles.members_of.items()},
+            "sessions": {"mode": self.config.sessions, "on": self.sessions_off is None,
+                         "why_off": self.sessions_off},
         }
 
     # -- teardown ------------------------------------------------------------------------

@@ -45,10 +45,11 @@ def boot_window() -> int:
 
 
 class ReadyWaiter:
-    def __init__(self, key: paramiko.PKey, config: LabConfig, hooks: WaitHooks) -> None:
+    def __init__(self, key: paramiko.PKey, config: LabConfig, hooks: WaitHooks,
+                 sessions_off: str | None = None) -> None:
         self.key, self.hooks = key, hooks
         self.gate = HandshakeGate(config.ssh_concurrency)
-        self.opts = ReadyOptions(timeout=config.ready_timeout)
+        self.opts = ReadyOptions(timeout=config.ready_timeout, sessions_off=sessions_off)
         self.pool = ThreadPoolExecutor(max_workers=256, thread_name_prefix="ready")
         self.futures: dict[Future[paramiko.SSHClient], Guest] = {}
         self.submitted: set[str] = set()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import paramiko
 import pytest
-from helpers.labs import lab_session
+from helpers.labs import lab_session, run_ok
 
 from harness.backends.base import Guest
 from harness.image.cache import Image
@@ -207,3 +207,28 @@ def test_a_guest_without_python3_falls_back_to_exec_channels(lab: Lab, tmp_path:
             client.close()
     finally:
         _exec(lab, name, "mv /usr/bin/python3.hidden /usr/bin/python3")
+
+
+def test_a_lab_with_sessions_off_runs_every_command_over_exec_channels(
+        image: Image, tmp_path: Path) -> None:
+    with lab_session(tmp_path, guests="2", sessions="off") as s:
+        lab = s.lab_up(2)
+        fleet = _fleet(lab)
+        assert lab.describe()["sessions"] == {
+            "mode": "off", "on": False,
+            "why_off": "persistent sessions are off (--sessions=off)"}
+        for name in fleet.names:
+            client = fleet.clients[name]
+            assert session_of(client) is None
+            assert no_executor(client) == "persistent sessions are off (--sessions=off)"
+        group = fleet.run("cat /etc/hostname")
+        assert group.ok and {n: r.stdout.strip() for n, r in group.results.items()} == {
+            n: n for n in fleet.names}
+        src = tmp_path / "f.txt"
+        src.write_text("over sftp\n")
+        assert fleet.put(src, "/tmp/f.txt").ok
+        # No executor was started in any guest: no python3 among its processes.
+        for name in fleet.names:
+            comms = _exec(lab, name, "cat /proc/[0-9]*/comm").split()
+            assert "python3" not in comms and "sshd" in comms
+            assert run_ok(lab, name, "cat /tmp/f.txt") == "over sftp\n"

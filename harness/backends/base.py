@@ -101,6 +101,9 @@ class Backend(abc.ABC):
     needs_vm_image: bool = False
     #: MAC OUI the backend wants (None: locally administered).
     mac_oui: tuple[int, int, int] | None = None
+    #: Whether the guests' processes take this host's memory as they run (netns), rather
+    #: than the memory of VMs sized at start: decides ``--sessions=auto``.
+    guests_in_host_memory: bool = True
 
     def __init__(self, options: dict[str, str] | None = None) -> None:
         self.options = dict(options or {})

@@ -34,6 +34,7 @@ class ClusterBackend(Backend):
         self.faults = inner.faults
         self.requires_root = inner.requires_root
         self.needs_vm_image = inner.needs_vm_image
+        self.guests_in_host_memory = inner.guests_in_host_memory
         self.mac_oui = inner.mac_oui
         #: Whether the lab hosts are joined into one lab network (set at bring-up).
         self.joined = False

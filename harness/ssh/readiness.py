@@ -21,7 +21,7 @@ import paramiko
 from harness.backends.base import Guest, Jump
 from harness.plumbing.result import CommandResult
 from harness.ssh.failures import Failure, GuestError, classify
-from harness.ssh.sessions import run_command
+from harness.ssh.sessions import decline, run_command
 from harness.ssh.transport import TimedSocket, client_transport, open_socket
 
 #: ``on_phase(guest, op, start_ns, end_ns)``: one timing row per phase of a guest's wait.
@@ -99,6 +99,9 @@ class ReadyOptions:
     #: within ~0.1 s of its sshd listening instead of up to 0.5 s later.
     backoff_max: float = 0.1
     first_command: FirstCommand = HOSTNAME
+    #: Why the guests run without executor sessions (harness/sessionbudget.py), or None:
+    #: the first command then goes over an exec channel and so does every later one.
+    sessions_off: str | None = None
 
 
 @dataclass
@@ -243,6 +246,8 @@ class _Wait:
     def verify(self, conn: _Connected, on_phase: PhaseCallback, t0: int) -> paramiko.SSHClient:
         """Run the first command on ``conn``, record the phases, check the answer."""
         first = self.opts.first_command
+        if self.opts.sessions_off is not None:
+            decline(conn.client, self.opts.sessions_off)
         try:
             # Through the guest's executor, which this starts (exec channel without it).
             res = run_command(conn.client, first.command, timeout=self.opts.command_timeout,

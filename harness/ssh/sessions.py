@@ -46,6 +46,13 @@ def no_executor(client: paramiko.SSHClient) -> str | None:
     return st if isinstance(st, str) else None
 
 
+def decline(client: paramiko.SSHClient, reason: str) -> None:
+    """``client``'s guest is to run commands over exec channels (``reason`` says why), even
+    though it could run the executor: the lab decided so before it started."""
+    with _guard:
+        _state[client] = reason
+
+
 def ensure_session(client: paramiko.SSHClient, guest: str,
                    timeout: float | None = None) -> Session | None:
     """``client``'s session, opened now if it has none; None when the guest cannot run the

@@ -50,6 +50,7 @@ class QemuBackend(Backend):
     name = "qemu"
     faults = frozenset({"kill", "pause", "isolate", "partition", "degrade"})
     needs_vm_image = True
+    guests_in_host_memory = False  # their executors live in the VMs' own memory
 
     def __init__(self, options: dict[str, str] | None = None) -> None:
         super().__init__(options)

@@ -48,6 +48,7 @@ class XenBackend(Backend):
     name = "xen"
     faults = frozenset({"kill", "pause", "isolate", "degrade"})
     needs_vm_image = True
+    guests_in_host_memory = False  # their executors live in the VMs' own memory
     mac_oui = XEN_OUI
 
     def __init__(self, options: dict[str, str] | None = None) -> None:
