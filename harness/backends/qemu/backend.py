@@ -42,8 +42,7 @@ from harness.telemetry.hostside import process_cpu_seconds
 from harness.telemetry.links import link_samples, read_net_dev
 from harness.telemetry.sample import Sample
 
-#: How long ``down`` waits for QEMUs told to quit over QMP before the journal SIGKILLs them.
-QUIT_GRACE_SECONDS = 3.0
+QUIT_GRACE_SECONDS = 3.0  # ``down``'s wait for QEMUs told to quit over QMP, then SIGKILL
 
 
 class QemuBackend(Backend):
