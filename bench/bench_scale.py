@@ -58,6 +58,7 @@ def own_cpu_seconds() -> float:
 @dataclass
 class Row:
     n: int
+    ready: int
     up_s: float
     harness_ms: float  # per guest, over the bring-up
     rest_ms: float
@@ -96,11 +97,15 @@ def one_size(n: int, rounds: int, reports: Path, profile: bool) -> tuple[Row, st
     s = Session(cfg, image=image)
     prof = ""
     try:
-        lab = s.lab_up(n)
+        # Every guest is waited for; the ones that did not answer are counted, not fatal.
+        lab = s.lab_up(n, min_ready=0.0)
         up = time.monotonic() - t0
         busy, own = busy_cpu_seconds() - busy0, own_cpu_seconds() - own0
         log(f"N={n}: up in {up:.1f} s (load {loadavg()})")
         fleet = lab.require_fleet()
+        ready = len(fleet.names)
+        if ready < n:
+            log(f"N={n}: {n - ready} did not come up: {list(lab.failures.values())[:3]}")
         times = []
         for i in range(rounds):
             if profile and i == 0:
@@ -108,7 +113,7 @@ def one_size(n: int, rounds: int, reports: Path, profile: bool) -> tuple[Row, st
             r0 = time.monotonic()
             res = fleet.run("true")
             times.append(time.monotonic() - r0)
-            if not res.ok or len(res.results) != n:
+            if not res.ok or len(res.results) != ready:
                 bad = sorted(res.errors) or sorted(set(res.results) - set(res.succeeded))
                 raise SystemExit(f"N={n}: `true` failed on {len(bad)} guest(s), e.g. "
                                  f"{bad[:1]}: {list(res.errors.values())[:1]}")
@@ -120,7 +125,7 @@ def one_size(n: int, rounds: int, reports: Path, profile: bool) -> tuple[Row, st
     finally:
         s.finish(render=False)
     times.sort()
-    row = Row(n, up, 1000 * own / n, 1000 * (busy - own) / n, times[len(times) // 2], down,
+    row = Row(n, ready, up, 1000 * own / n, 1000 * (busy - own) / n, times[len(times) // 2], down,
               leftovers(s.run_id), load)
     log(f"N={n}: round {row.round_s:.2f} s, down {down:.1f} s, left: {row.leaks or 'nothing'}")
     return row, prof
@@ -183,18 +188,19 @@ def component(module: str, name: str) -> str:
 def report(rows: list[Row], rounds: int) -> str:
     base = rows[0]
     table = md_table(
-        ["N", "up s", "ms per guest", "× N=" + str(base.n), "harness CPU ms/guest",
+        ["N", "ready", "up s", "ms per guest", "× N=" + str(base.n), "harness CPU ms/guest",
          "rest CPU ms/guest", f"`true` on all (median of {rounds}) s", "down s",
          "left behind", "load at start"],
-        [(r.n, fmt(r.up_s, 1), fmt(r.per_guest_ms, 1), fmt(r.per_guest_ms / base.per_guest_ms),
+        [(r.n, r.ready, fmt(r.up_s, 1), fmt(r.per_guest_ms, 1),
+          fmt(r.per_guest_ms / base.per_guest_ms),
           fmt(r.harness_ms, 1), fmt(r.rest_ms, 1), fmt(r.round_s), fmt(r.down_s, 1),
           ", ".join(r.leaks) or "nothing", r.load) for r in rows])
     goals = []
     big = [r for r in rows if r.n >= 4096]
     for r in big:
-        ok = r.up_s < GOAL_UP_S
+        ok = r.up_s < GOAL_UP_S and r.ready == r.n
         goals.append(f"- {r.n} guests to authenticated SSH in under {GOAL_UP_S:.0f} s: "
-                     f"**{'met' if ok else 'NOT met'}** ({r.up_s:.0f} s)")
+                     f"**{'met' if ok else 'NOT met'}** ({r.up_s:.0f} s, {r.ready} of {r.n} ready)")
         growth = r.per_guest_ms / base.per_guest_ms
         goals.append(f"- per-guest bring-up at {r.n} within {GOAL_GROWTH}× of that at "
                      f"{base.n}: **{'met' if growth <= GOAL_GROWTH else 'NOT met'}** "

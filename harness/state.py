@@ -161,11 +161,6 @@ def list_states() -> list[RunState]:
 # -- removal of each kind of resource ---------------------------------------------------
 
 
-def _mounted(path: str) -> bool:
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == path for line in f)
-
-
 def kill_process(pid: int, start: int | None, timeout: float = 5.0) -> None:
     if not process_alive(pid, start):
         return
@@ -326,9 +321,9 @@ def _remove_one(res: Resource) -> None:
                 raise RuntimeError(f"cgroup {p} still has tasks")
     elif kind == "mount":
         path = str(res.get("path"))
-        if _mounted(path):
+        if host.mounted(path):
             out = host.run(["umount", path])
-            if not out.ok and _mounted(path):
+            if not out.ok and host.mounted(path):
                 out = host.run(["umount", "-l", path])
                 if not out.ok:
                     raise RuntimeError(out.message())
@@ -340,7 +335,7 @@ def _remove_one(res: Resource) -> None:
                 raise RuntimeError(out.message())
     elif kind == "dir":
         directory = Path(str(res.get("path")))
-        if directory.exists() and not _mounted(str(directory)):
+        if directory.exists() and not host.mounted(str(directory)):
             shutil.rmtree(directory, ignore_errors=True)
     elif kind == "nft":
         table, family = str(res.get("table")), str(res.get("family", "inet"))

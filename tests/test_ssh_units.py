@@ -135,6 +135,9 @@ def test_host_key_and_auth_failures() -> None:
     assert classify(paramiko.BadAuthenticationType("no", ["password"])) is Failure.AUTH
     # A slow server, not a refused key.
     assert classify(paramiko.AuthenticationException("Authentication timeout.")) is Failure.TIMEOUT
+    # The connection went mid-authentication (an overloaded guest): lost, retried, not final.
+    assert classify(paramiko.AuthenticationException(
+        "Authentication failed: transport shut down or saw EOF")) is Failure.LOST
 
 
 def test_other_errors() -> None:

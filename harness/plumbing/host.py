@@ -56,3 +56,10 @@ def ip_batch(lines: Sequence[str], *, force: bool = False) -> CommandResult | No
         return run(argv, stdin=text)
     check(argv, stdin=text, what="ip -batch")
     return None
+
+
+def mounted(path: str) -> bool:
+    """Whether ``path`` is a mount point in this process's mount namespace (a directory
+    bind-mounted on itself included, which ``Path.is_mount`` cannot see)."""
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == path for line in f)

@@ -74,8 +74,13 @@ def classify(exc: BaseException) -> Failure | str:
     if isinstance(exc, paramiko.BadHostKeyException):
         return Failure.HOSTKEY
     if isinstance(exc, paramiko.AuthenticationException):
-        # "Authentication timeout." is a slow server, not a refused key.
-        return Failure.TIMEOUT if "timeout" in str(exc).lower() else Failure.AUTH
+        # "Authentication timeout." is a slow server, not a refused key; "…transport shut
+        # down or saw EOF" a connection lost mid-authentication (2 of 4096 guests on a host
+        # at load 1000), which another attempt mends.  Only a refusal is final.
+        text = str(exc).lower()
+        if "timeout" in text:
+            return Failure.TIMEOUT
+        return Failure.LOST if "saw eof" in text else Failure.AUTH
     if isinstance(exc, ConnectionRefusedError):
         return Failure.REFUSED
     if isinstance(exc, socket.timeout | TimeoutError):

@@ -92,6 +92,7 @@ class NetnsBackend(Backend):
             run.rw.mkdir()
             self._record("mount", path=str(run.rw))
             host.check(["mount", "-t", "tmpfs", "-o", "mode=0755", "scalelab-rw", str(run.rw)])
+        self._make_mount_template(run)
         for d in run.cgroups.run_dirs():
             self._record("cgroup", paths=[str(d)])
         if Path(f"/sys/class/net/{run.bridge}").exists():
@@ -103,6 +104,27 @@ class NetnsBackend(Backend):
             f"link set {run.bridge} up",
         ])
         return run
+
+    def _make_mount_template(self, run: NetnsRun) -> None:
+        """The mount namespace the guests' own are copied from: this host's mounts (the
+        image and upper layers included) without ``/run/netns``.
+
+        ``unshare --mount`` copies every mount of the namespace it starts in.  Copied from
+        this host's, each guest's copy held the bind mount of every guest's network
+        namespace, and its ``pivot_root``'s lazy umount dropped them all again: O(N) work
+        per guest, measured as ~27 µs × N of CPU — 4096 guests took 10 minutes, not 3.
+        Kept as a file (unshare's persistent namespace) on a private bind mount, as
+        ``ip netns`` keeps network namespaces, so it works where / is shared (systemd).
+        """
+        tmpl = run.mount_template
+        tmpl.parent.mkdir()
+        self._record("mount", path=str(tmpl.parent))
+        host.check(["mount", "--bind", str(tmpl.parent), str(tmpl.parent)])
+        host.check(["mount", "--make-private", str(tmpl.parent)])
+        tmpl.touch()
+        self._record("mount", path=str(tmpl))
+        drop = ["umount", "-l", "/run/netns"] if host.mounted("/run/netns") else ["true"]
+        host.check(["unshare", f"--mount={tmpl}", "--propagation", "private", "--", *drop])
 
     def _link_lines(self, specs: Sequence[GuestSpec]) -> list[str]:
         """``ip -batch`` lines for the guests' namespaces and veths (and the segment bridges
@@ -172,7 +194,8 @@ class NetnsBackend(Backend):
         try:
             proc = subprocess.Popen(
                 [
-                    "nsenter", f"--net=/run/netns/{run.netns_name(spec)}", "--",
+                    "nsenter", f"--net=/run/netns/{run.netns_name(spec)}",
+                    f"--mount={run.mount_template}", "--",
                     "unshare", "--mount", "--uts", "--pid", "--fork", "--kill-child",
                     "--propagation", "private", "--",
                     "/bin/sh", "-c", script,

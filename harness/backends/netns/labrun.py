@@ -65,5 +65,10 @@ class NetnsRun:
         return f"06:{t[0:2]}:{t[2:4]}:{t[4:6]}:00:01"
 
     @property
+    def mount_template(self) -> Path:
+        """The mount namespace every guest's own is copied from (see ``prepare``)."""
+        return self.ctx.state.dir / "ns" / "mnt"
+
+    @property
     def nft_table(self) -> str:
         return f"slp-{self.tag}"
