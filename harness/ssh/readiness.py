@@ -22,7 +22,7 @@ from harness.backends.base import Guest, Jump
 from harness.plumbing.result import CommandResult
 from harness.ssh.failures import Failure, GuestError, classify
 from harness.ssh.sessions import decline, run_command
-from harness.ssh.transport import TimedSocket, client_transport, open_socket
+from harness.ssh.transport import TimedSocket, client_transport, open_socket, settle
 
 #: ``on_phase(guest, op, start_ns, end_ns)``: one timing row per phase of a guest's wait.
 PhaseCallback = Callable[[str, str, int, int], None]
@@ -211,6 +211,7 @@ class _Wait:
             # the same words whichever attempt happened to be the last.
             raise _Retry(exc, pause=True) from exc
         t_auth = time.time_ns()
+        settle(client)
         t_banner = getattr(timed, "first_byte_ns", None) or t_tcp
         return _Connected(client, t_tcp, t_banner, t_auth)
 

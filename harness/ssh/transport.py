@@ -65,10 +65,23 @@ class TimedSocket:
 
 
 #: How often an idle connection's reader thread wakes up to check it is still wanted
-#: (paramiko's own default is 0.1 s).  Every guest has one such thread: at 1024 guests, ten
-#: wake-ups a second each cost the harness about 13 ms of CPU per guest over a 67 s
-#: bring-up.  Closing a connection does not wait for it: paramiko closes the socket.
+#: (paramiko's own default is 0.1 s), while it connects: paramiko checks its handshake and
+#: banner deadlines only when a read times out, so they need this granularity.
 IDLE_WAKEUP = 1.0
+#: The same once the connection is authenticated (:func:`settle`).  Every guest has a
+#: reader thread; at 4096 guests a wake-up a second each is 4096 GIL hand-offs a second,
+#: each contended by thousands of threads: the harness's CPU per guest at bring-up grew with
+#: N (14.6 ms at 64, 185 ms at 4096, 40 % of the host in system time) and a fan-out over
+#: exec channels at 4096 stalled.  Nothing else needs the wake-ups: closing a connection
+#: closes its socket, which ends the read at once, and keepalives are not used.
+SETTLED_WAKEUP = 30.0
+
+
+def settle(client: paramiko.SSHClient) -> None:
+    """``client`` is authenticated: its reader thread may sleep ``SETTLED_WAKEUP``."""
+    transport = client.get_transport()
+    if transport is not None:
+        transport.sock.settimeout(SETTLED_WAKEUP)
 
 
 class _Transport(paramiko.Transport):
