@@ -60,6 +60,9 @@ def init_script(spec: GuestSpec, dirs: GuestDirs, cgroup_procs: Sequence[Path],
     lines = [
         "set -e",
         f"for f in {procs}; do echo $$ > $f; done",
+        # No IPv6 on eth0 (the host's side of the veth has none either): its multicast
+        # chatter at link-up is flooded to every port of the lab bridge (backend.py).
+        "v6=/proc/sys/net/ipv6/conf/eth0/disable_ipv6; [ ! -e $v6 ] || echo 1 > $v6",
         "ip -batch - <<EOF",
         "link set lo up",
         f"addr add {spec.ip} dev eth0",
