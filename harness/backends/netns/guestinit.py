@@ -60,11 +60,11 @@ def init_script(spec: GuestSpec, dirs: GuestDirs, cgroup_procs: Sequence[Path],
     lines = [
         "set -e",
         f"for f in {procs}; do echo $$ > $f; done",
-        # No IPv6 on eth0 (the host's side of the veth has none either): its multicast
-        # chatter at link-up is flooded to every port of the lab bridge (backend.py).
-        "v6=/proc/sys/net/ipv6/conf/eth0/disable_ipv6; [ ! -e $v6 ] || echo 1 > $v6",
         "ip -batch - <<EOF",
         "link set lo up",
+        # No IPv6 address on eth0, as on the host's side (backend.py: the multicast a link
+        # sends as it comes up with one is flooded to every port of the lab bridge).
+        "link set eth0 addrgenmode none",
         f"addr add {spec.ip} dev eth0",
         "link set eth0 up",
         *([f"neigh replace {spec.gateway} lladdr {gateway_mac} dev eth0 nud permanent"]
