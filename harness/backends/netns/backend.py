@@ -151,12 +151,6 @@ class NetnsBackend(Backend):
             lines += [
                 f"netns add {ns}",
                 f"link add {veth} type veth peer name eth0 address {spec.mac} netns {ns}",
-                # No IPv6 address on the port (the guest does the same on its eth0): a link
-                # that comes up with one sends duplicate address detection, router
-                # solicitations and MLD reports, multicast the bridge floods to every port —
-                # O(N) per packet, 27-39 % of the host in softirq at 4096 guests.  Not the
-                # sysctl: its writer spins (restart_syscall) while anyone holds the RTNL.
-                f"link set {veth} addrgenmode none",
                 f"link set {veth} master {run.segment_bridge(run.segment(spec))} up",
                 # Static neighbour entries: the host never waits on ARP for a guest that
                 # has not configured eth0 yet, and 1024 guests do not overflow the table.

@@ -62,9 +62,6 @@ def init_script(spec: GuestSpec, dirs: GuestDirs, cgroup_procs: Sequence[Path],
         f"for f in {procs}; do echo $$ > $f; done",
         "ip -batch - <<EOF",
         "link set lo up",
-        # No IPv6 address on eth0, as on the host's side (backend.py: the multicast a link
-        # sends as it comes up with one is flooded to every port of the lab bridge).
-        "link set eth0 addrgenmode none",
         f"addr add {spec.ip} dev eth0",
         "link set eth0 up",
         *([f"neigh replace {spec.gateway} lladdr {gateway_mac} dev eth0 nud permanent"]
