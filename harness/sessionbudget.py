@@ -14,10 +14,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-#: Host memory one netns guest costs with its executor session, and without it (measured,
-#: see above; rounded up).
+#: Host memory one netns guest costs with its executor session (measured, see above;
+#: rounded up).
 WITH_SESSION = 6 * 2**20
-WITHOUT_SESSION = 3.5 * 2**20
 #: The share of the host's available memory a lab may plan to use.
 HEADROOM = 0.85
 
