@@ -34,6 +34,7 @@ from harness.config import build_config
 from harness.identity import run_tag
 from harness.preflight import preflight_lab
 from harness.session import Session
+from harness.ssh import FanOut
 
 PROJECT = Path(__file__).resolve().parent.parent
 #: The goals of issue 21 for 4096 guests.
@@ -131,13 +132,13 @@ def one_size(n: int, rounds: int, reports: Path, profile: bool) -> tuple[Row, st
     return row, prof
 
 
-def profile_rounds(fleet: object, n: int, rounds: int) -> str:
+def profile_rounds(fleet: FanOut, n: int, rounds: int) -> str:
     """The client's CPU per command over ``rounds`` fan-outs, by function, all threads."""
     if missing_modules(["yappi"]):
         return "(profile not run: `.venv/bin/pip install yappi`)"
     import yappi
 
-    run = fleet.run  # type: ignore[attr-defined]
+    run = fleet.run
     c0 = own_cpu_seconds()
     for _ in range(rounds):
         run("true")
