@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -313,7 +314,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "report": _report, "compare": _compare, "fault": _fault, "top": _top,
     }
     try:
-        return handlers[args.command](args)
+        status = handlers[args.command](args)
+        sys.stdout.flush()  # a reader that went away shows here, not in the exit's flush
+        return status
+    except BrokenPipeError:
+        # `scalelab ls | head -1`: the reader has what it wanted.  Stop quietly, as a tool
+        # killed by SIGPIPE would (exit 141), and point stdout at /dev/null so the
+        # interpreter's own flush at exit does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except UserError as err:
         print(f"scalelab: error: {err}", file=sys.stderr)
         return 2

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.cli import one_clear_line, scalelab
+from helpers.cli import one_clear_line, scalelab, scalelab_into_closed_pipe
 from leaks import PROJECT, snapshot
 
 from harness.identity import host_routes
@@ -109,6 +109,9 @@ def test_up_ssh_down(image: Image, tmp_path: Path) -> None:
     assert out.returncode == 0 and out.stdout.strip() == "g001", out.stderr
     ls = scalelab("ls")
     assert run_dir.name in ls.stdout and "kept up" in ls.stdout
+    # `scalelab ls | head -1`: a reader that leaves early ends ls quietly, like SIGPIPE.
+    piped = scalelab_into_closed_pipe("ls")
+    assert (piped.returncode, piped.stderr) == (141, ""), piped.stderr
     # `clean` leaves a lab that was kept up on purpose alone.
     scalelab("clean")
     assert run_dir.name in scalelab("ls").stdout

@@ -19,6 +19,17 @@ def scalelab(*args: str, cwd: Path = PROJECT, timeout: float = 300,
                           env={**os.environ, **(env or {})})
 
 
+def scalelab_into_closed_pipe(*args: str) -> subprocess.CompletedProcess[str]:
+    """``scalelab ARGS | head -0``: stdout is a pipe whose reader has already gone."""
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=PROJECT,
+                              stdout=w, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(w)
+
+
 def one_clear_line(res: subprocess.CompletedProcess[str], *needles: str) -> None:
     """A failure that says what went wrong in one line of stderr (no traceback)."""
     assert res.returncode != 0
