@@ -29,11 +29,11 @@ from harness.cluster.overlay import (
     unreachable_pairs,
 )
 from harness.cluster.plan import LabWorker
-from harness.cluster.tunnel import Tunnel, partition_ruleset
+from harness.cluster.tunnel import Tunnel
 from harness.errors import UserError
 from harness.identity import run_tag
 from harness.image.cache import Image
-from harness.plumbing import vxlan
+from harness.plumbing import nft, vxlan
 from harness.session import Session
 from harness.state import RunState
 
@@ -121,7 +121,8 @@ def test_forwarding_entries_and_partition_rules() -> None:
     lines = vxlan.fdb_lines("slx1", ["192.0.2.2"], {"02:00:00:00:00:09": "192.0.2.2"})
     assert lines == ["fdb append 00:00:00:00:00:00 dev slx1 dst 192.0.2.2 self permanent",
                      "fdb replace 02:00:00:00:00:09 dev slx1 dst 192.0.2.2 self permanent"]
-    rules = partition_ruleset("slq-x", ["02:AA:00:00:00:01"], ["02:00:00:00:00:02"])
+    rules = nft.partition_ruleset("slq-x", ["02:AA:00:00:00:01"], ["02:00:00:00:00:02"],
+                                 by_mac=True)
     assert "ether saddr @side_a ether daddr @side_b drop" in rules
     assert "02:aa:00:00:00:01" in rules
 

@@ -14,27 +14,6 @@ from harness.plumbing import host, nft, vxlan
 from harness.state import RunState
 
 
-def partition_ruleset(table: str, side_a: Sequence[str], side_b: Sequence[str]) -> str:
-    """Bridged frames between two groups of guests, by MAC, dropped (bridge family): it
-    holds whichever lab host each guest is on, since each host drops what it would bridge
-    from one side to the other, whether to a local port or into the tunnel."""
-
-    def elements(macs: Sequence[str]) -> str:
-        return ", ".join(sorted(m.lower() for m in macs))
-
-    return f"""
-table bridge {table} {{
-  set side_a {{ type ether_addr; elements = {{ {elements(side_a)} }} }}
-  set side_b {{ type ether_addr; elements = {{ {elements(side_b)} }} }}
-  chain forward {{
-    type filter hook forward priority 0; policy accept;
-    ether saddr @side_a ether daddr @side_b drop
-    ether saddr @side_b ether daddr @side_a drop
-  }}
-}}
-"""
-
-
 class Tunnel:
     """Shard ``index``'s VXLAN device and partitions (one per shard, made at plan time)."""
 
@@ -82,7 +61,7 @@ class Tunnel:
         if not self._cut:
             self.state.record("nft", family="bridge", table=self.table)
         nft.apply(f"table bridge {self.table}\ndelete table bridge {self.table}\n"
-                  + partition_ruleset(self.table, side_a, side_b))
+                  + nft.partition_ruleset(self.table, side_a, side_b, by_mac=True))
         self._cut = True
 
     def mend(self) -> None:

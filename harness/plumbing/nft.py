@@ -23,21 +23,27 @@ def delete_table(family: str, table: str) -> None:
         host.run(["nft", "delete", "table", family, table])
 
 
-def partition_ruleset(table: str, side_a: Sequence[str], side_b: Sequence[str]) -> str:
-    """A ruleset (bridge family) dropping bridged frames between two groups of bridge ports
-    (the guests' veths or taps); the host keeps reaching every guest."""
-
-    def elements(ports: Sequence[str]) -> str:
-        return ", ".join(f'"{p}"' for p in ports)
-
+def partition_ruleset(table: str, side_a: Sequence[str], side_b: Sequence[str], *,
+                      by_mac: bool = False) -> str:
+    """A ruleset (bridge family) dropping bridged frames between two groups of guests; the
+    host keeps reaching every guest.  The groups are bridge ports (the guests' veths or
+    taps), or with ``by_mac`` the guests' MACs: that holds whichever lab host a guest is
+    on, since each host drops what it would bridge from one side to the other, whether to
+    a local port or into a tunnel."""
+    if by_mac:
+        kind, src, dst = "ether_addr", "ether saddr", "ether daddr"
+        a, b = (", ".join(sorted(m.lower() for m in side)) for side in (side_a, side_b))
+    else:
+        kind, src, dst = "ifname", "iifname", "oifname"
+        a, b = (", ".join(f'"{p}"' for p in side) for side in (side_a, side_b))
     return f"""
 table bridge {table} {{
-  set side_a {{ type ifname; elements = {{ {elements(side_a)} }} }}
-  set side_b {{ type ifname; elements = {{ {elements(side_b)} }} }}
+  set side_a {{ type {kind}; elements = {{ {a} }} }}
+  set side_b {{ type {kind}; elements = {{ {b} }} }}
   chain forward {{
     type filter hook forward priority 0; policy accept;
-    iifname @side_a oifname @side_b drop
-    iifname @side_b oifname @side_a drop
+    {src} @side_a {dst} @side_b drop
+    {src} @side_b {dst} @side_a drop
   }}
 }}
 """
