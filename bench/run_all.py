@@ -123,7 +123,7 @@ def compose(sections: list[Section], prereqs: list[str],
         parts += ["## Missing prerequisites", "", *[f"- {p}" for p in prereqs], ""]
     for bench, out, status, secs, tail in sections:
         body = out.strip() or "(no output)"
-        if not body.startswith("#"):
+        if not body.startswith(("# ", "## ")):  # a body of ### sections gets a title too
             body = f"## {bench.title or bench.name}\n\n{body}"
         parts.append(body)
         note = f"_{bench.script}: {secs:.0f} s wall"
