@@ -58,6 +58,12 @@ def ip_batch(lines: Sequence[str], *, force: bool = False) -> CommandResult | No
     return None
 
 
+def bridge_batch(lines: Sequence[str]) -> None:
+    """Many ``bridge`` changes (forwarding entries) in one process; a failure is a LabError."""
+    if lines:
+        check(["bridge", "-batch", "-"], stdin="\n".join(lines) + "\n", what="bridge -batch")
+
+
 def mounted(path: str) -> bool:
     """Whether ``path`` is a mount point in this process's mount namespace (a directory
     bind-mounted on itself included, which ``Path.is_mount`` cannot see)."""

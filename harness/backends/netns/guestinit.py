@@ -63,6 +63,7 @@ def init_script(spec: GuestSpec, dirs: GuestDirs, cgroup_procs: Sequence[Path],
         "ip -batch - <<EOF",
         "link set lo up",
         f"addr add {spec.ip} dev eth0",
+        "link set eth0 addrgenmode none",  # no IPv6 link-local chatter (see the backend)
         "link set eth0 up",
         *([f"neigh replace {spec.gateway} lladdr {gateway_mac} dev eth0 nud permanent"]
           if gateway_mac else []),

@@ -10,12 +10,8 @@ from pathlib import Path
 
 from harness.backends.base import RunContext
 from harness.backends.netns.cgroups import Cgroups
-from harness.backends.netns.options import NetnsOptions
+from harness.backends.netns.options import PORTS_PER_BRIDGE, NetnsOptions
 from harness.identity import GuestSpec, run_tag
-
-#: A Linux bridge takes at most 1023 ports; beyond this many guests per bridge, further
-#: guests go on segment bridges joined to the lab bridge by a veth pair (one L2 network).
-PORTS_PER_BRIDGE = 1000
 
 
 @dataclass(frozen=True)
@@ -30,6 +26,8 @@ class NetnsRun:
     cgroups: Cgroups
     #: What the image starts in every guest after sshd.
     services: tuple[str, ...] = ()
+    #: Guests on each bridge (see ``NetnsOptions.ports_per_bridge``).
+    ports_per_bridge: int = PORTS_PER_BRIDGE
 
     @classmethod
     def of(cls, ctx: RunContext, opts: NetnsOptions, services: tuple[str, ...] = ()
@@ -38,7 +36,7 @@ class NetnsRun:
         sdir = ctx.state.dir
         rw = opts.upper_dir / ctx.run_id if opts.upper == "disk" else sdir / "rw"
         return cls(ctx, tag, opts.bridge or f"slb-{tag}", sdir / "base", rw,
-                   Cgroups(ctx.run_id), services)
+                   Cgroups(ctx.run_id), services, opts.ports_per_bridge)
 
     def netns_name(self, spec: GuestSpec) -> str:
         return f"sl-{self.tag}-{spec.name}"
@@ -47,7 +45,7 @@ class NetnsRun:
         return f"slv{self.tag}{spec.index:x}"  # at most 15 characters for 16M guests
 
     def segment(self, spec: GuestSpec) -> int:
-        return spec.index // PORTS_PER_BRIDGE
+        return spec.index // self.ports_per_bridge
 
     def segment_bridge(self, k: int) -> str:
         return self.bridge if k == 0 else f"{self.bridge}-{k}"
