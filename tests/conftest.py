@@ -1,12 +1,15 @@
-"""Shared fixtures for the project's own tests: the image, and a leak detector."""
+"""Shared fixtures for the project's own tests: the images, a nested Xen lab, and a leak
+detector."""
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 
 import pytest
 from leaks import PROJECT, Snapshot, snapshot
+from xenlab import XenLab, pinned_image, running_lab
 
 from harness.config import build_config
 from harness.image.cache import Image
@@ -32,6 +35,25 @@ def image(root: None) -> Image:
 def vm_image(root: None) -> Image:
     """The default recipe's VM image (kernel + initramfs), built once if not cached."""
     return ensure_image(build_config({}, PROJECT), vm=True)
+
+
+@pytest.fixture(scope="module")
+def xen_image(vm_image: Image) -> Iterator[Image]:
+    """The project's VM image, pinned for the test module using it (every test and the
+    harness it runs use these very files)."""
+    with pinned_image(vm_image) as image:
+        yield image
+
+
+@pytest.fixture(scope="module")
+def xen_lab(xen_image: Image) -> Iterator[XenLab]:
+    """Xen nested under QEMU TCG with a Debian dom0, booted once per test module."""
+    t0 = time.monotonic()
+    with running_lab([xen_image], boot_timeout=600) as lab:
+        print(f"\nxenlab: dom0 image {lab.timings['dom0_image_s']:.1f}s, seed disk "
+              f"{lab.timings['seed_disk_s']:.1f}s, dom0 boot {lab.timings['dom0_boot_s']:.1f}s"
+              f" (lab up in {time.monotonic() - t0:.1f}s)")
+        yield lab
 
 
 @pytest.fixture

@@ -4,30 +4,17 @@ the control peer (dom0, the jump host) kept in the band without netem."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 from helpers.labs import lab_session, run_ok
 from helpers.probes import median_rtt, ssh_rtt, start_echo
-from xenlab import BRIDGE_SUBNET, XenLab, pinned_image, running_lab
+from xenlab import BRIDGE_SUBNET, XenLab
 
 from harness.faults import Nemesis
 from harness.image.cache import Image
 from harness.workloads import Agents
 
 pytestmark = pytest.mark.vm
-
-
-@pytest.fixture(scope="module")
-def xen_image(vm_image: Image) -> Iterator[Image]:
-    with pinned_image(vm_image) as image:
-        yield image
-
-
-@pytest.fixture(scope="module")
-def xen_lab(xen_image: Image) -> Iterator[XenLab]:
-    with running_lab([xen_image], boot_timeout=600) as lab:
-        yield lab
 
 
 def test_xen_delay_100ms_between_two_domus(xen_lab: XenLab, xen_image: Image,

@@ -15,12 +15,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from xenlab import BRIDGE_SUBNET, XenLab, pinned_image, running_lab
+from xenlab import BRIDGE_SUBNET, XenLab
 
 from harness.backends import load_backend, parse_backend, xen
 from harness.backends.base import RunContext
@@ -33,24 +32,6 @@ from harness.state import RunState
 
 pytestmark = pytest.mark.vm
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def xen_image(vm_image: Image) -> Iterator[Image]:
-    """The project's VM image, pinned for this module (every test and the harness it runs
-    use these very files)."""
-    with pinned_image(vm_image) as image:
-        yield image
-
-
-@pytest.fixture(scope="module")
-def xen_lab(xen_image: Image) -> Iterator[XenLab]:
-    t0 = time.monotonic()
-    with running_lab([xen_image], boot_timeout=600) as lab:
-        print(f"\nxenlab: dom0 image {lab.timings['dom0_image_s']:.1f}s, seed disk "
-              f"{lab.timings['seed_disk_s']:.1f}s, dom0 boot {lab.timings['dom0_boot_s']:.1f}s"
-              f" (lab up in {time.monotonic() - t0:.1f}s)")
-        yield lab
 
 
 def _dom0_leftovers(lab: XenLab, run_id: str = "") -> list[str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from helpers.labs import lab_session, run_ok
 from test_xen import XEN_UP_AND_WAIT
-from xenlab import BRIDGE_SUBNET, XenLab, pinned_image, running_lab
+from xenlab import BRIDGE_SUBNET, XenLab
 from xenlab.lab import BRIDGE
 
 from harness.backends.xen import XenBackend
@@ -29,18 +29,6 @@ from harness.session import Session
 pytestmark = pytest.mark.vm
 ROOT = Path(__file__).resolve().parents[1]
 FOREIGN = "02:77:77:77:77:77"
-
-
-@pytest.fixture(scope="module")
-def xen_image(vm_image: Image) -> Iterator[Image]:
-    with pinned_image(vm_image) as image:
-        yield image
-
-
-@pytest.fixture(scope="module")
-def xen_lab(xen_image: Image) -> Iterator[XenLab]:
-    with running_lab([xen_image], boot_timeout=600) as lab:
-        yield lab
 
 
 @pytest.fixture(scope="module")
