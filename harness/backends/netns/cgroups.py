@@ -14,19 +14,28 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "freezer")
 
 
-def read_int(path: Path) -> int | None:
-    """An integer file of a cgroup, read with one open and one read (the sampler reads
-    thousands of them a round: pathlib's extra work shows)."""
+def read_small(path: str | Path, limit: int = 64) -> bytes | None:
+    """A small cgroup file, read with one open and one read (the sampler reads thousands of
+    them a round: pathlib's extra work shows); None if it cannot be read."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return None
     try:
-        return int(os.read(fd, 64))
-    except (OSError, ValueError):
+        return os.read(fd, limit)
+    except OSError:
         return None
     finally:
         os.close(fd)
+
+
+def read_int(path: str | Path) -> int | None:
+    """An integer file of a cgroup, or None."""
+    data = read_small(path)
+    try:
+        return None if data is None else int(data)
+    except ValueError:
+        return None
 
 
 class Cgroups:
@@ -35,6 +44,23 @@ class Cgroups:
     def __init__(self, run_id: str) -> None:
         self.v2 = (CGROUP_ROOT / "cgroup.controllers").exists()
         self.base = f"scalelab/{run_id}"
+        self._stat_files: dict[str, tuple[str, str, str]] = {}
+
+    def stat_files(self, guest: str) -> tuple[str, str, str]:
+        """The guest's CPU, memory and process-count files, as strings made once: at 256
+        guests a round of sampling spent half its CPU joining these paths with pathlib."""
+        files = self._stat_files.get(guest)
+        if files is None:
+            root, base = str(CGROUP_ROOT), self.base
+            if self.v2:
+                d = f"{root}/{base}/{guest}"
+                files = (f"{d}/cpu.stat", f"{d}/memory.current", f"{d}/pids.current")
+            else:
+                files = (f"{root}/cpuacct/{base}/{guest}/cpuacct.usage",
+                         f"{root}/memory/{base}/{guest}/memory.usage_in_bytes",
+                         f"{root}/pids/{base}/{guest}/pids.current")
+            self._stat_files[guest] = files
+        return files
 
     def paths(self, guest: str) -> list[Path]:
         if self.v2:
@@ -86,28 +112,23 @@ class Cgroups:
         return paths
 
     def memory_bytes(self, guest: str) -> int | None:
-        f = (
-            CGROUP_ROOT / self.base / guest / "memory.current"
-            if self.v2
-            else CGROUP_ROOT / "memory" / self.base / guest / "memory.usage_in_bytes"
-        )
-        return read_int(f)
+        return read_int(self.stat_files(guest)[1])
 
     def cpu_seconds(self, guest: str) -> float | None:
         """CPU time the guest's processes have used (user + system), or None if unknown."""
-        try:
-            if self.v2:
-                stat = (CGROUP_ROOT / self.base / guest / "cpu.stat").read_text()
-                usec = dict(line.split() for line in stat.splitlines())["usage_usec"]
-                return int(usec) / 1e6
-            ns = read_int(CGROUP_ROOT / "cpuacct" / self.base / guest / "cpuacct.usage")
+        path = self.stat_files(guest)[0]
+        if not self.v2:
+            ns = read_int(path)
             return ns / 1e9 if ns is not None else None
-        except (OSError, ValueError, KeyError):
+        stat = read_small(path, 4096)
+        try:
+            usec = dict(line.split() for line in (stat or b"").decode().splitlines())
+            return int(usec["usage_usec"]) / 1e6
+        except (ValueError, KeyError):
             return None
 
     def processes(self, guest: str) -> int | None:
-        d = CGROUP_ROOT / self.base / guest if self.v2 else CGROUP_ROOT / "pids" / self.base / guest
-        return read_int(d / "pids.current")
+        return read_int(self.stat_files(guest)[2])
 
     def freeze(self, guest: str, frozen: bool) -> None:
         if self.v2:
