@@ -64,7 +64,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
-    rows, met = [], True
+    rows, met, at_goal = [], True, ""
     # The heading (with the load average) is taken before the labs come up, not after.
     head = header("Resource sampling: the sampler's CPU per round", args.repeat,
                   f"{args.rounds} rounds per repetition; slow rounds (du) every "
@@ -81,7 +81,7 @@ def main() -> int:
             per_round = median(fast)
             share = per_round / 1.0  # at a 1 s interval
             if n == GOAL_N:
-                met = share <= GOAL_SHARE
+                met, at_goal = share <= GOAL_SHARE, f" ({share * 100:.2f} %)"
             settled = settle(per_round)
             rows.append((n, fmt(per_round * 1e3, 2, " ms"), fmt(median(slow) * 1e3, 1, " ms"),
                          fmt(share * 100, 2, " %"), fmt(per_round / n * 1e6, 1, " µs"),
@@ -89,8 +89,9 @@ def main() -> int:
     print(head)
     print(md_table(["guests", "CPU per round", "CPU per slow round", "of one core at 1 s",
                     "per guest", "interval it settles at", "of one core there"], rows))
-    print(f"\n- the resource sampler costs at most {GOAL_SHARE:.0%} of one core at {GOAL_N} "
-          f"guests at 1 s: **{'met' if met else 'NOT met'}**")
+    if at_goal:  # the goal's size was measured
+        print(f"\n- the resource sampler costs at most {GOAL_SHARE:.0%} of one core at {GOAL_N} "
+              f"guests at 1 s: **{'met' if met else 'NOT met'}**{at_goal}")
     return 0
 
 
