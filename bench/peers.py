@@ -33,6 +33,7 @@ from benchlib import Cleanup, du_bytes, ip_batch, kill_tree, run
 
 from harness.backends.base import Guest
 from harness.identity import GuestSpec
+from harness.plumbing import host
 from harness.ssh import HandshakeGate, ReadyOptions, connect_ready, host_keys_for, run_on
 
 SSHD = ("/usr/sbin/sshd -D -e -f /etc/scalelab/sshd_config "
@@ -313,6 +314,8 @@ class LxcPeer(Peer):
 
 PODMAN = ["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs",
           "--events-backend", "file"]
+#: containers/storage bind-mounts its overlay directory onto itself on first use and keeps it.
+PODMAN_STORE_MOUNT = "/var/lib/containers/storage/overlay"
 
 
 class PodmanPeer(Peer):
@@ -324,6 +327,7 @@ class PodmanPeer(Peer):
     def __init__(self, work: Path, base: Path, net: LabNet, cleanup: Cleanup) -> None:
         super().__init__(work, base, net, cleanup)
         self.ids: dict[str, str] = {}
+        self.store_was_mounted = host.mounted(PODMAN_STORE_MOUNT)
 
     def cname(self, guest: str) -> str:
         return f"sbp{self.net.tag}-{guest}"
@@ -351,6 +355,8 @@ class PodmanPeer(Peer):
             run([*PODMAN, "rm", "-f", "-t", "0", "-i",
                  *[self.cname(n) for n in self.attempted]], check=False)
         super().down()
+        if not self.store_was_mounted and host.mounted(PODMAN_STORE_MOUNT):
+            run(["umount", PODMAN_STORE_MOUNT], check=False)  # the benchmark's, not the host's
 
 
 PEERS: dict[str, type[Peer]] = {
