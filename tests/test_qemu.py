@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from helpers.labs import lab_session, run_ok
-from helpers.samples import growth, samples_of
+from helpers.samples import growth, sampled_after
 from leaks import PROJECT, Snapshot, snapshot
 
 from harness.backends import load_backend, parse_backend
@@ -161,6 +161,8 @@ def test_telemetry_sees_a_vm_burn_cpu_and_send(session: Session, lab: Lab) -> No
     """The QEMU process's CPU, the tap's counters and the drives' (QMP), as the sampler
     reads them (TCG)."""
     burner, other = lab.guests[0], lab.guests[1]
+    names = [g.name for g in lab.guests]
+    sampled_after(session.run_dir, names, time.time_ns())  # a sample of each before t0
     t0 = time.time_ns()
     run_ok(lab, burner.name, "timeout 4 sh -c 'while :; do :; done' || true")
     # 8 MiB down to the writable disk (the overlay's upper layer), none to the image.
@@ -172,9 +174,8 @@ def test_telemetry_sees_a_vm_burn_cpu_and_send(session: Session, lab: Lab) -> No
     with agents:
         assert agents.serve("tsrv", ["python3", agent, "serve", "5998"], names=[other.name]).ok
         run_ok(lab, burner.name, f"python3 {agent} send {other.spec.address} 5998 {8 << 20}")
-    time.sleep(2.5)  # a sample after it all (the interval is the default, 1 s)
     t1 = time.time_ns()
-    df = samples_of(session.run_dir)
+    df = sampled_after(session.run_dir, names, t1)  # every round up to t1 written
     t = df["t"].astype("int64")
     assert growth(df, burner.name, "cpu_seconds", t0, t1) > 2.0  # 4 s busy: about a core
     assert growth(df, burner.name, "net_tx_bytes", t0, t1) >= 8 << 20

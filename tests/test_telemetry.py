@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from helpers.cli import scalelab
 from helpers.labs import lab_session, run_ok
-from helpers.samples import growth, samples_of
+from helpers.samples import growth, sampled_after
 from leaks import PROJECT, snapshot
 
 from harness.faults import Nemesis
@@ -39,17 +39,25 @@ def lab4(image: Image, tmp_path_factory: pytest.TempPathFactory
         yield s, s.lab_up(4)
 
 
-def samples(s: Session) -> pd.DataFrame:
-    return samples_of(s.run_dir)
+def start_window(s: Session, lab: Lab) -> int:
+    """A window's start, once every guest has a sample before it (a lab that has just come
+    up may not have had a round yet)."""
+    sampled_after(s.run_dir, [g.name for g in lab.guests], time.time_ns())
+    return time.time_ns()
+
+
+def end_window(s: Session, lab: Lab) -> tuple[int, pd.DataFrame]:
+    """A window's end, and the samples once every round up to it is written."""
+    t1 = time.time_ns()
+    return t1, sampled_after(s.run_dir, [g.name for g in lab.live_guests()], t1)
 
 
 def test_a_cpu_burner_shows_on_its_own_guest(lab4: tuple[Session, Lab]) -> None:
     s, lab = lab4
     burner = lab.guests[1].name
-    t0 = time.time_ns()
+    t0 = start_window(s, lab)
     run_ok(lab, burner, "timeout 3 sh -c 'while :; do :; done' || true")
-    t1 = time.time_ns()
-    df = samples(s)
+    t1, df = end_window(s, lab)
     wall = (t1 - t0) / 1e9
     cores = {g.name: growth(df, g.name, "cpu_seconds", t0, t1) / wall for g in lab.guests}
     assert cores[burner] > 0.6, cores  # near one core (2 cores, a busy host: not exactly 1)
@@ -70,11 +78,9 @@ def test_a_transfer_shows_on_both_links(lab4: tuple[Session, Lab]) -> None:
     with agents:
         assert agents.serve("tsrv", ["python3", f"{REMOTE_DIR}/transfer.py", "serve", "5999"],
                             names=[dst.name]).ok
-        t0 = time.time_ns()
+        t0 = start_window(s, lab)
         run_ok(lab, src.name, f"python3 {REMOTE_DIR}/transfer.py send {dst.spec.address} 5999 {k}")
-        time.sleep(3 * INTERVAL)
-        t1 = time.time_ns()
-    df = samples(s)
+        t1, df = end_window(s, lab)
     assert growth(df, src.name, "net_tx_bytes", t0, t1) >= k
     assert growth(df, dst.name, "net_rx_bytes", t0, t1) >= k
     assert growth(df, src.name, "net_tx_packets", t0, t1) >= k / 65536
@@ -83,10 +89,9 @@ def test_a_transfer_shows_on_both_links(lab4: tuple[Session, Lab]) -> None:
 def test_memory_a_guest_holds_shows(lab4: tuple[Session, Lab]) -> None:
     s, lab = lab4
     g = lab.guests[3].name
-    t0 = time.time_ns()
+    t0 = start_window(s, lab)
     run_ok(lab, g, "python3 -c 'import time; b = bytearray(96 << 20); time.sleep(2)'")
-    t1 = time.time_ns()
-    df = samples(s)
+    t1, df = end_window(s, lab)
     mem = df[(df["guest"] == g) & (df["resource"] == "memory_bytes")]
     before = mem[mem["t"].astype("int64") < t0]["value"].iloc[-1]
     during = mem[(mem["t"].astype("int64") >= t0) & (mem["t"].astype("int64") <= t1)]["value"]
@@ -98,16 +103,14 @@ def test_samples_go_on_through_a_pause_and_stop_at_a_kill(lab4: tuple[Session, L
     victim = lab.guests[3].name
     nem = Nemesis(lab.backend, s.recorder("pause-kill", 4), lab.require_fleet())
     with nem.paused([victim]):
-        t0 = time.time_ns()
+        t0 = start_window(s, lab)
         time.sleep(6 * INTERVAL)
-        t1 = time.time_ns()
-    df = samples(s)
+        t1, df = end_window(s, lab)
     paused = df[(df["guest"] == victim) & (df["resource"] == "cpu_seconds")]
     assert paused["t"].astype("int64").between(t0, t1).sum() >= 3
     nem.kill([victim])
     killed_at = time.time_ns()
-    time.sleep(6 * INTERVAL)
-    df = samples(s)
+    df = sampled_after(s.run_dir, [lab.guests[0].name], killed_at + int(6 * INTERVAL * 1e9))
     mine = df[df["guest"] == victim]["t"].astype("int64")
     assert (mine < killed_at).any()  # what was sampled before the kill is kept
     assert (mine > killed_at + int(2 * INTERVAL * 1e9)).sum() == 0  # and nothing after

@@ -76,6 +76,10 @@ class Sampler(threading.Thread):
         #: CPU time this thread has used sampling (its own cost, part of the result).
         self.cpu_seconds = 0.0
         self._stop_event = threading.Event()
+        #: Rounds run one at a time (``Session.sample_now`` asks for one from another
+        #: thread), so they are written in the order they are stamped: a reader that sees
+        #: a row stamped after t has every round stamped before it.
+        self._round = threading.Lock()
 
     def run(self) -> None:
         while True:
@@ -92,6 +96,10 @@ class Sampler(threading.Thread):
 
     def sample_once(self) -> None:
         """One round: the host, then each lab's live guests; every row written at once."""
+        with self._round:
+            self._sample_round()
+
+    def _sample_round(self) -> None:
         now = time.time_ns()
         slow = self.rounds % SLOW_EVERY == 0
         self.rounds += 1
