@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,13 @@ COMPARE_TEXT = "compare.txt"
 
 #: metric → True when a larger value is worse.
 METRICS: dict[str, bool] = {"p50": True, "p95": True, "throughput": False}
-#: The share of successful operations: a drop beyond the threshold is a regression too.
+#: The share of successful operations: a drop beyond the threshold is a regression too,
+#: and so is a smaller one that chance does not explain (``SUCCESS_ALPHA``).
 SUCCESS = "success_rate"
+#: A success-rate drop whose one-sided Fisher exact test on the two runs' counts gives
+#: ``p`` below this is a regression whatever its size: 100 % → 91 % of 200 operations is
+#: −9 %, under a 10 % threshold, and p ≈ 3e-6; 64/64 → 63/64 is p = 0.5, chance.
+SUCCESS_ALPHA = 0.05
 
 __all__ = ["METRICS", "CompareResult", "CompareRow", "Regression", "compare_runs"]
 
@@ -100,12 +106,35 @@ def is_worse(metric: str, change: float | None, threshold: float) -> bool:
     return change > threshold if METRICS[metric] else change < -threshold
 
 
+def success_drop_p(ok_a: int, count_a: int, ok_b: int, count_b: int) -> float:
+    """How likely B's operations would fail at least this much more often than A's by
+    chance alone (one-sided Fisher exact test on the 2×2 table of successes and failures)."""
+    from scipy.stats import fisher_exact  # only ``compare`` needs it (0.5 s to import)
+
+    table = [[ok_a, count_a - ok_a], [ok_b, count_b - ok_b]]
+    return float(fisher_exact(table, alternative="greater").pvalue)
+
+
+def success_regression(title: str, n: int, r: Mapping[Hashable, Any],
+                       threshold: float) -> Regression | None:
+    """A merged row's success-rate regression: a drop beyond ``threshold``, or a drop too
+    unlikely by chance (``SUCCESS_ALPHA``); None if neither."""
+    sa, sb = _num(r["success_rate_a"]), _num(r["success_rate_b"])
+    change = relative_change(sa, sb)
+    if sa is None or sb is None or change is None or sb >= sa:
+        return None
+    p = success_drop_p(int(r["ok_a"]), int(r["count_a"]), int(r["ok_b"]), int(r["count_b"]))
+    if change < -threshold or p < SUCCESS_ALPHA:
+        return Regression(title, n, SUCCESS, sa, sb, change, p_value=p)
+    return None
+
+
 def compare_stats(
     stats_a: pd.DataFrame, stats_b: pd.DataFrame, threshold: float
 ) -> tuple[list[CompareRow], list[Regression]]:
     """Join two :func:`series_stats` tables on (scenario base, op, N) and flag regressions."""
     keys = ["base", "op", "n_guests"]
-    cols = [*keys, "title", "count", "success_rate", *METRICS]
+    cols = [*keys, "title", "count", "ok", "success_rate", *METRICS]
     merged = stats_a[cols].merge(
         stats_b[cols], on=keys, how="outer", suffixes=("_a", "_b"), indicator=True
     )
@@ -123,11 +152,9 @@ def compare_stats(
             regressions.append(Regression(title, n, m, a[m] or 0.0, b[m] or 0.0, change[m] or 0.0))
         in_a, in_b = r["_merge"] != "right_only", r["_merge"] != "left_only"
         sa, sb = _num(r["success_rate_a"]), _num(r["success_rate_b"])
-        success_change = relative_change(sa, sb)
-        if success_change is not None and success_change < -threshold:
+        if (worse := success_regression(title, n, r, threshold)) is not None:
             flagged = (*flagged, SUCCESS)
-            regressions.append(Regression(title, n, SUCCESS, sa or 0.0, sb or 0.0,
-                                          success_change))
+            regressions.append(worse)
         rows.append(
             CompareRow(
                 scenario=title,
@@ -159,7 +186,8 @@ def compare_text(
         f"scalelab compare: A = {run_a.run_id} ({run_a.run_dir})",
         f"                  B = {run_b.run_id} ({run_b.run_dir})",
         f"regression threshold: {threshold:.0%} (latency up, throughput, success rate or an "
-        "agent's rate down)",
+        "agent's rate down), and any success-rate drop chance does not explain "
+        f"(one-sided Fisher exact p < {SUCCESS_ALPHA:g})",
         "",
     ]
     head = (
@@ -182,7 +210,8 @@ def compare_text(
     lines += results_text(results)
     lines.append("")
     if regressions:
-        lines.append(f"{len(regressions)} regression(s) beyond {threshold:.0%}:")
+        lines.append(f"{len(regressions)} regression(s) beyond {threshold:.0%}, or success-rate "
+                     f"drops beyond chance (p < {SUCCESS_ALPHA:g}):")
         lines += [f"  {r}" for r in regressions]
     else:
         lines.append(f"no regression beyond {threshold:.0%}")
@@ -267,6 +296,7 @@ def compare_runs(run_a: Path, run_b: Path, out_dir: Path, threshold: float = 0.1
         run_a=a,
         run_b=b,
         threshold=threshold,
+        success_alpha=SUCCESS_ALPHA,
         rows=rows,
         regressions=regressions,
         results=results,

@@ -36,11 +36,14 @@ class Regression:
     change: float  # relative: (after - before) / before
     unit: str = ""  # of an agent metric; the harness's own metrics know theirs
     headline: bool = False
+    #: How likely the change is by chance, where it was tested (a success-rate drop).
+    p_value: float | None = None
 
     def __str__(self) -> str:
         what = f"{self.metric} (headline)" if self.headline else self.metric
+        p = "" if self.p_value is None else f", p = {self.p_value:.2g}"
         return (
             f"{self.scenario} N={self.n_guests}: {what} "
             f"{fmt_value(self.metric, self.before, self.unit)} → "
-            f"{fmt_value(self.metric, self.after, self.unit)} ({self.change * 100:+.1f} %)"
+            f"{fmt_value(self.metric, self.after, self.unit)} ({self.change * 100:+.1f} %{p})"
         )

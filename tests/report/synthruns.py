@@ -43,6 +43,9 @@ class RunSpec:
     latency_factor: float = 1.0
     faults: bool = True
     failures: bool = True
+    #: Every this-many-th operation of the run fails besides (0: none), for a success rate
+    #: a little lower than another run's.
+    fail_every: int = 0
     metrics: bool = True
     finish: bool = True
     report_tz: str | None = "America/El_Salvador"
@@ -113,7 +116,7 @@ def _workload(
             error="guest stopped answering after kill",
         )
     end = t
-    for guest in guests:
+    for i, guest in enumerate(guests):
         s = t
         for k in range(spec.ops_per_guest):
             lat = spec.base_latency * spec.latency_factor * contention
@@ -129,6 +132,9 @@ def _workload(
                     error_class="lost",
                     error=f"{guest}: connection reset by peer",
                 )
+            elif spec.fail_every and (i * spec.ops_per_guest + k) % spec.fail_every == 0:
+                rec.timing(spec.op, s, e, guest=guest, ok=False, error_class="exit",
+                           error=f"{guest}: exit status 1", exit_status=1)
             elif spec.failures and k == 3 and guest == guests[-1]:
                 rec.timing(
                     spec.op,

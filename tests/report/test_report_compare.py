@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from report.synthruns import RunSpec
+from report.synthruns import RunSpec, make_run
 
 from harness.errors import UserError
 from harness.report import CompareResult, compare_runs
@@ -202,4 +202,36 @@ def test_a_success_rate_drop_is_flagged(sweeps: dict[str, Path], tmp_path: Path)
     assert success == {(4, 0.75), (8, 0.75), (16, 0.75)}
     bad = {row.n_guests for row in result.rows if "success_rate" in row.flagged}
     assert bad == {4, 8, 16}
-    assert "success_rate 100.0 % → 75.0 % (-25.0 %)" in result.text
+    # One operation per guest: a quarter of them failing is beyond the threshold, though
+    # at N=4 (3 of 4) chance could explain it (p = 0.5).
+    assert "success_rate 100.0 % → 75.0 % (-25.0 %, p = 0.5)" in result.text
+
+
+def clean_run(root: Path, name: str, fail_every: int = 0) -> Path:
+    """200 operations (8 guests × 25) with no failure but every ``fail_every``-th."""
+    return make_run(root / name, RunSpec(
+        run_id=f"20261125-1945{len(name):02d}-5acce5", ns=(8,), ops_per_guest=25,
+        faults=False, failures=False, fail_every=fail_every))
+
+
+def test_a_small_success_drop_chance_does_not_explain_is_flagged(tmp_path: Path) -> None:
+    """100 % → 91 % of 200 operations is −9 %, under the 10 % threshold, but 18 failures
+    where there were none is no accident: flagged, with its p-value."""
+    base, worse = clean_run(tmp_path, "base"), clean_run(tmp_path, "worse", fail_every=11)
+    result = compare_runs(base, worse, tmp_path / "out")
+    assert [(r.metric, r.n_guests) for r in result.regressions] == [("success_rate", 8)]
+    r = result.regressions[0]
+    assert r.change == pytest.approx(-19 / 200) and r.change > -0.1
+    assert r.p_value is not None and r.p_value < 1e-4
+    assert "success_rate" in result.rows[0].flagged
+    assert f"success_rate 100.0 % → 90.5 % (-9.5 %, p = {r.p_value:.2g})" in result.text
+    assert "Fisher exact" in result.html_path.read_text()
+    # The other way round it is an improvement: nothing is flagged.
+    assert compare_runs(worse, base, tmp_path / "back").ok
+
+
+def test_one_failure_more_in_200_is_chance(tmp_path: Path) -> None:
+    base, one = clean_run(tmp_path, "base"), clean_run(tmp_path, "one", fail_every=200)
+    result = compare_runs(base, one, tmp_path / "out")
+    assert result.rows[0].success_b == pytest.approx(199 / 200)
+    assert result.ok, [str(r) for r in result.regressions]
