@@ -5,7 +5,11 @@ this lab host, spend, every ``--sample-interval`` seconds from the start of the 
 Sampling costs the host what it measures, so the thread measures itself: a round whose CPU
 time is more than ``CPU_BUDGET`` of the interval (its cost to the host), or whose wall time is
 more than ``WALL_BUDGET`` of it (waiting on a remote dom0), doubles the interval (up to
-``MAX_INTERVAL``), and the interval in use is a sample of its own (``sample_interval``).  CPU,
+``MAX_INTERVAL``), a round that costs under a quarter of both halves it again (down to the
+interval asked for: a burst of load — a big lab's bring-up, a lab that has since gone down —
+does not coarsen the rest of the run; at half the interval such a round costs under half the
+budget, so the interval does not swing), and the interval in use is a sample of its own
+(``sample_interval``).  CPU,
 not wall time, is the cost: on a saturated host a round's wall time grows with the load, and
 the sampler must not go blind exactly when the host saturates.  The slow samples (bytes in
 each guest's copy-on-write layer: a ``du``) are read every ``SLOW_EVERY`` rounds.
@@ -35,10 +39,14 @@ CPU_BUDGET = 0.05
 WALL_BUDGET = 0.5
 
 
-def next_interval(interval: float, cpu: float, wall: float) -> float:
-    """The interval after a round that took ``cpu`` seconds of CPU and ``wall`` in all."""
+def next_interval(interval: float, cpu: float, wall: float, asked: float | None = None) -> float:
+    """The interval after a round that took ``cpu`` seconds of CPU and ``wall`` in all, for a
+    sampler asked for ``asked`` (None: never below the current one)."""
     if (cpu > CPU_BUDGET * interval or wall > WALL_BUDGET * interval) and interval < MAX_INTERVAL:
         return min(MAX_INTERVAL, interval * 2)
+    cheap = cpu < CPU_BUDGET * interval / 4 and wall < WALL_BUDGET * interval / 4
+    if asked is not None and cheap and interval > asked:
+        return max(asked, interval / 2)
     return interval
 
 
@@ -68,6 +76,7 @@ class Sampler(threading.Thread):
                  interval: float, lab_host: str = "") -> None:
         super().__init__(name="sampler", daemon=True)
         self.store, self.labs, self.interval = store, labs, interval
+        self.asked = interval
         self.lab_host = lab_host
         self.rounds = 0
         #: Labs sampled once already: a lab's first round is a slow one, so its costly
@@ -87,7 +96,7 @@ class Sampler(threading.Thread):
             self.sample_once()
             spent, used = time.perf_counter() - began, time.thread_time() - cpu
             self.cpu_seconds += used
-            self.interval = next_interval(self.interval, used, spent)
+            self.interval = next_interval(self.interval, used, spent, self.asked)
             if self._stop_event.wait(max(0.0, self.interval - spent)):
                 # One last round as the run ends, before its labs go down: what the last
                 # scenario did (a transfer shorter than the interval) is in the samples.
