@@ -296,7 +296,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _fault(args: argparse.Namespace) -> int:
-    from harness.faults import cli_fault
+    from harness.faultcli import cli_fault
 
     return cli_fault(args)
 

@@ -2,15 +2,13 @@
 
 The conditions are parsed before anything is looked up, so bad input fails in one line with
 nothing touched.  A degrade lasts beyond the command that made it, so its start and
-parameters wait in the lab directory (``degraded.json``); ``restore`` writes the fault row
-(``op="degrade"``, the parameters in ``error``) from it, and the report draws that band.
+parameters wait in the lab directory (``harness.openfaults``); ``restore`` writes the fault
+row (``op="degrade"``, the parameters in ``error``), and the report draws that band.
 A second degrade of the same guest replaces the first.
 """
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,9 +17,8 @@ from harness.backends.base import Backend, Guest
 from harness.backends.inject import FaultAction, inject
 from harness.degrade import Degradation, Shaping, destinations_label
 from harness.errors import UserError
+from harness.openfaults import OpenFaults
 from harness.store import Recorder
-
-STATE_FILE = "degraded.json"
 
 
 def parse_args(args: Any) -> Degradation | None:
@@ -36,43 +33,22 @@ def parse_args(args: Any) -> Degradation | None:
                              reorder=args.reorder or "0")
 
 
-def _load(lab_dir: Path) -> dict[str, dict[str, Any]]:
-    path = lab_dir / STATE_FILE
-    return dict(json.loads(path.read_text())) if path.is_file() else {}
-
-
-def _save(lab_dir: Path, state: dict[str, dict[str, Any]]) -> None:
-    path = lab_dir / STATE_FILE
-    if state:
-        path.write_text(json.dumps(state, indent=1) + "\n")
-    else:
-        path.unlink(missing_ok=True)
-
-
 def degrade(backend: Backend, lab_dir: Path, sources: Sequence[Guest], cond: Degradation,
             to: Sequence[Guest] | None) -> str:
     """Shape what ``sources`` send to ``to`` (None: every other guest); what it says."""
     dests = list(to) if to is not None else list(backend.guests)
     label = (f"{cond.label()} → "
              f"{destinations_label(None if to is None else [g.name for g in to])}")
-    state = _load(lab_dir)
     for src in sources:
         rule = Shaping(cond, tuple(d.spec.address for d in dests if d.name != src.name))
         inject(backend, FaultAction.DEGRADE, [src], shaping=[rule])
-        state[src.name] = {"start_ns": state.get(src.name, {}).get("start_ns", time.time_ns()),
-                           "detail": label}
-        _save(lab_dir, state)
+        OpenFaults(lab_dir).begin("degrade", [src.name], label)
     return label
 
 
 def restore(backend: Backend, lab_dir: Path, guests: Sequence[Guest], recorder: Recorder
             ) -> None:
     """Undo the guests' conditions and record each one's fault row, start to now."""
-    state = _load(lab_dir)
     for g in guests:
         inject(backend, FaultAction.RESTORE, [g])
-        made = state.pop(g.name, None)
-        if made is not None:
-            recorder.timing("degrade", int(made["start_ns"]), time.time_ns(), guest=g.name,
-                            phase="fault", error=str(made["detail"]))
-        _save(lab_dir, state)
+        OpenFaults(lab_dir).end(["degrade"], [g.name], recorder)

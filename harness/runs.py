@@ -34,6 +34,12 @@ class LabEntry:
         return bool(self.state.header.get("cluster_run"))
 
     @property
+    def is_cluster(self) -> bool:
+        """A cluster lab: no backend attaches to it, its shards (labs of their own) hold its
+        guests."""
+        return self.state.header.get("backend") == "cluster"
+
+    @property
     def lab_dir(self) -> Path | None:
         d = self.state.header.get("lab_dir") or self.state.header.get("run_dir")
         return Path(str(d)) if d else None
@@ -143,7 +149,10 @@ def lab_holding(run: Run, names: list[str], backend: str | None = None) -> LabEn
     """The one lab of ``run`` whose guests include all of ``names`` (any lab when the run
     has only one and no names are given); a UserError that lists the labs otherwise."""
     labs = [lab for lab in run.labs
-            if not lab.is_shard and (backend is None or lab.state.header.get("backend") == backend)]
+            if backend is None or lab.state.header.get("backend") == backend]
+    # A cluster lab's shards are reached through it; a lab host other than the client's
+    # holds only its shard, which is then the lab.
+    labs = [lab for lab in labs if not lab.is_shard] or labs
     holding = [lab for lab in labs if set(names) & set(lab.guest_names())]
     if len(holding) > 1:
         raise UserError(f"the guests named are in {len(holding)} labs of run {run.run_id} "

@@ -20,6 +20,7 @@ from harness.identity import host_routes
 from harness.image.build import host_mirror
 from harness.image.cache import Image, images_root
 from harness.image.recipe import load_recipe
+from harness.openfaults import FILE as OPEN_FAULTS
 
 pytestmark = pytest.mark.integration
 
@@ -199,8 +200,15 @@ def test_fault_verbs_on_a_lab_left_up(image: Image, tmp_path: Path) -> None:
     finally:
         assert scalelab("down", run).returncode == 0
     assert before.diff(snapshot()) == {}
-    rows = (run_dir / "timings.jsonl").read_text()
-    assert '"phase":"lost"' in rows and '"guest":"g000"' in rows
+    rows = [json.loads(ln) for ln in (run_dir / "timings.jsonl").read_text().splitlines()]
+    assert {(r["guest"], r["op"]) for r in rows if r["phase"] == "lost"} == {("g000", "lost")}
+    # Each window made by hand is one row from the command that began it to the one that
+    # ended it (the report's fault bands), like the nemesis's.
+    bands = {(r["op"], r["guest"]): r for r in rows if r["phase"] == "fault"}
+    assert set(bands) == {("pause", "g001"), ("isolate", "g002"), ("kill", "g000")}, bands
+    assert all(r["end"] > r["start"] for r in bands.values())
+    assert bands[("pause", "g001")]["end"] < bands[("isolate", "g002")]["start"]
+    assert not (run_dir / OPEN_FAULTS).exists()  # every window ended
 
 
 def _tbf(dev: str, netns: str | None = None) -> list[dict[str, Any]]:
@@ -256,8 +264,13 @@ def test_fault_limit_and_unlimit_on_a_lab_left_up(image: Image, tmp_path: Path) 
         assert len(_tbf(veth)) == 1 and len(_tbf("eth0", netns)) == 1
         # 250 kB at 125 kB/s cannot take less than 2 s, however idle or busy this host is.
         assert fetch(250_000) > 1.5
+        assert (run_dir / OPEN_FAULTS).exists()  # the limit's window waits for its end
         res = scalelab("fault", "unlimit", "g001", "--run", run)
         assert res.returncode == 0, res.stderr
+        rows = [json.loads(ln) for ln in (run_dir / "timings.jsonl").read_text().splitlines()]
+        (band,) = [r for r in rows if r["phase"] == "fault"]
+        assert (band["op"], band["guest"], band["error"]) == ("bandwidth", "g001", "1mbit")
+        assert band["end"] - band["start"] > 1.5e9  # the fetch at the limited rate is in it
         assert _tbf(veth) == [] and _tbf("eth0", netns) == []
         # Ten times as much, in less than the 20 s the limit would have made it take.
         assert fetch(2_500_000) < 10

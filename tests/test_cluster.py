@@ -40,8 +40,10 @@ from harness.cluster.plan import (
 from harness.cluster.wire import Upload, dumps_function, loads_function
 from harness.config import MAX_GUESTS
 from harness.errors import LabError, UserError
+from harness.faultcli import shard_parts
 from harness.identity import make_specs, run_tag
 from harness.image.cache import Image
+from harness.runs import Run, find_run, lab_holding
 from harness.ssh import write_exports
 
 MARK = "SCALELAB_TEST_MARK"
@@ -476,6 +478,77 @@ def test_up_ssh_down(image: Image, tmp_path: Path, mark: str) -> None:
                                  capture_output=True, text=True, timeout=60)
             assert out.stdout.strip() == name, out.stderr
         assert not marked_processes(mark)  # the workers are gone, the guests are not
+    finally:
+        down = cli(mark, "down", run.name)
+    assert down.returncode == 0, down.stderr
+    wait_clean(before, tmp_path, mark)
+
+
+def by_host_of(guests: list[dict[str, str]], name: str) -> str:
+    return next(g["lab_host"] for g in guests if g["name"] == name)
+
+
+def _answers(run: Path, name: str) -> bool:
+    """Whether guest ``name`` of the kept lab in ``run`` answers SSH within a few seconds."""
+    try:
+        out = subprocess.run(["ssh", "-F", str(run / "ssh_config"), "-o", "ConnectTimeout=3",
+                              name, "hostname"], capture_output=True, text=True, timeout=8)
+    except subprocess.TimeoutExpired:
+        return False  # paused: the kernel takes the connection, the frozen sshd says nothing
+    return out.returncode == 0 and out.stdout.strip() == name
+
+
+@pytest.mark.integration
+def test_faults_by_hand_on_a_kept_cluster_lab(image: Image, tmp_path: Path, mark: str) -> None:
+    """``scalelab fault`` on a kept lab over 2 lab hosts: each guest named is reached through
+    the shard holding it (its workers are gone), the faults are rows of the run, ``heal``
+    mends every shard, ``scalelab top`` lists the guests of both; what cannot be done across
+    lab hosts is a one-line error that changes nothing."""
+    before = snapshot()
+    res = cli(mark, "up", "--guests", "4", "--cluster", "local:2", "--reports-dir", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    run = (tmp_path / "latest").resolve()
+    try:
+        guests = json.loads((run / "guests.json").read_text())["guests"]
+        by_host: dict[str, list[str]] = {}
+        for g in guests:
+            by_host.setdefault(g["lab_host"], []).append(g["name"])
+        assert len(by_host) == 2
+        (a, a2), (b, b2) = sorted(by_host.values())
+
+        def fault(*argv: str) -> subprocess.CompletedProcess[str]:
+            return cli(mark, "fault", *argv, "--run", run.name)
+
+        assert fault("pause", a, b).returncode == 0
+        assert not _answers(run, a) and not _answers(run, b) and _answers(run, a2)
+        assert fault("resume", a, b).returncode == 0
+        assert _answers(run, a) and _answers(run, b)
+        assert fault("isolate", a, b2).returncode == 0
+        assert not _answers(run, a) and not _answers(run, b2) and _answers(run, b)
+        assert fault("heal").returncode == 0  # no guest named: every shard of the lab
+        assert _answers(run, a) and _answers(run, b2)
+        top = cli(mark, "top", run.name, "--interval", "0.2")
+        assert top.returncode == 0, top.stderr
+        assert {ln.split()[0] for ln in top.stdout.splitlines()[1:]} == {a, a2, b, b2}
+        one_clear_line(fault("degrade", a, "--loss", "10%"), "--to")
+        one_clear_line(fault("degrade", a, "--loss", "10%", "--to", b), "one lab host")
+        assert fault("degrade", a, "--loss", "100%", "--to", a2).returncode == 0
+        assert fault("restore", a).returncode == 0
+        assert fault("kill", b).returncode == 0
+        assert not _answers(run, b) and _answers(run, a)
+        rows = [json.loads(ln) for ln in (run / "timings.jsonl").read_text().splitlines()]
+        faults = {(r["op"], r["guest"]) for r in rows if r["phase"] == "fault"}
+        assert {("pause", a), ("pause", b), ("isolate", a), ("isolate", b2), ("kill", b),
+                ("degrade", a)} <= faults, faults
+        assert {r["lab"] for r in rows if r["phase"] == "fault"} == {"default"}
+        # As on another lab host: the client's lab is not there, only a shard of it, which
+        # is then the lab; and the client's lab without its shards names where they are.
+        whole = find_run(run.name)
+        shard_of_b = [lab for lab in whole.labs if lab.is_shard and b2 in lab.guest_names()]
+        assert lab_holding(Run(whole.run_id, tuple(shard_of_b)), [b2]) == shard_of_b[0]
+        client = Run(whole.run_id, tuple(lab for lab in whole.labs if not lab.is_shard))
+        with pytest.raises(UserError, match=f"{b2} on {by_host_of(guests, b2)}"):
+            shard_parts(client, lab_holding(client, [b2]), "pause", [b2], None)
     finally:
         down = cli(mark, "down", run.name)
     assert down.returncode == 0, down.stderr

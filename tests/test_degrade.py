@@ -197,6 +197,10 @@ def test_netns_loss_and_duplication_between_two_guests(lab3: tuple[Session, Lab]
     bands = rows[(rows["phase"] == "fault") & (rows["op"] == "degrade")]
     assert list(bands["error"]) == ["loss 30% → g001", "duplicate 20% → g001"]
     assert list(bands["guest"]) == [g0, g0]
+    with nem.degraded([g0], loss="100%", to=[g1]):  # every packet: no numgen at all
+        assert probe(fleet, g0, g1, count=100).lost == 100
+        assert fleet.run("true", names=[g0, g1], timeout=10).ok
+    assert probe(fleet, g0, g1).lost == 0
 
 
 @pytest.mark.integration

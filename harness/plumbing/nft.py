@@ -69,8 +69,10 @@ CHANCE_SCALE = 1_000_000
 
 
 def chance(fraction: float) -> str:
-    """An nft expression true for ``fraction`` of packets (``numgen random``, per packet)."""
-    return f"numgen random mod {CHANCE_SCALE} < {round(fraction * CHANCE_SCALE)}"
+    """An nft expression true for ``fraction`` of packets (``numgen random``, per packet);
+    none at all for every packet (``< 1000000`` is past the range nft takes for the mod)."""
+    below = round(fraction * CHANCE_SCALE)
+    return "" if below >= CHANCE_SCALE else f"numgen random mod {CHANCE_SCALE} < {below}"
 
 
 def degrade_ruleset(table: str, device: str,

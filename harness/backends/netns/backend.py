@@ -12,6 +12,7 @@ disappears with it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -375,6 +376,17 @@ class NetnsBackend(Backend):
         subnet = ipaddress.IPv4Network(str(inventory["subnet"]))
         specs = make_specs(state.run_id, len(inventory["guests"]), subnet,
                            prefix=str(inventory.get("name_prefix", "g")))
+        # Addresses and MACs as listed: a cluster shard's come from its cluster's run.
+        listed = {str(g["name"]): g for g in inventory["guests"]}
+        specs = [_as_listed(s, listed.get(s.name, {})) for s in specs]
         backend.guests = [Guest(s, s.address) for s in specs]
         backend._isolated = {g.name for g in backend.guests}
         return backend
+
+
+def _as_listed(spec: GuestSpec, listed: Mapping[str, Any]) -> GuestSpec:
+    """``spec`` with the MAC and address ``guests.json`` lists for it."""
+    import ipaddress
+
+    ip = ipaddress.IPv4Interface(f"{listed.get('ip', spec.address)}/{spec.ip.network.prefixlen}")
+    return dataclasses.replace(spec, mac=str(listed.get("mac", spec.mac)), ip=ip)
