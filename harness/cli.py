@@ -192,6 +192,7 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
+    from harness.faultcli import end_windows
     from harness.runs import find_run, newest_kept_run
 
     if args.run:
@@ -208,6 +209,7 @@ def _down(args: argparse.Namespace) -> int:
                   "removes what dead runs left)")
             return 0
         run = found
+    end_windows(run)  # faults made by hand and never ended end with the lab
     problems = run.take_down()
     for p in problems:
         print(f"problem: {p}", file=sys.stderr)

@@ -22,7 +22,7 @@ from harness.backends.inject import inject, require
 from harness.degrade import Degradation
 from harness.errors import UserError
 from harness.faults import Nemesis
-from harness.openfaults import OpenFaults
+from harness.openfaults import OPS, OpenFaults
 from harness.runs import LabEntry, Run, find_run, lab_holding, newest_kept_run
 from harness.store import Context, Store
 
@@ -120,7 +120,7 @@ def _elsewhere(run: Run, cluster: LabEntry, names: list[str]) -> str:
 #: the window it begins, or the ops of those it ends.
 BEGINS = {"pause": "pause", "isolate": "isolate", "limit": "bandwidth"}
 ENDS = {"resume": ("pause",), "heal": ("isolate",), "unlimit": ("bandwidth",),
-        "kill": ("pause", "isolate", "bandwidth", "degrade")}
+        "kill": OPS}
 
 
 def apply(action: str, part: Part, store: Store, cond: Degradation | None, rate: str) -> str:
@@ -146,3 +146,17 @@ def apply(action: str, part: Part, store: Store, cond: Degradation | None, rate:
         else:  # heal names no guest: every isolation of the lab ends
             windows.end(ENDS[action], part.names or None, recorder)
     return ""
+
+
+def end_windows(run: Run) -> None:
+    """The rows of the windows still open by hand as ``run`` goes down (ending now)."""
+    for entry in run.labs:
+        windows = OpenFaults(entry.lab_dir) if entry.lab_dir is not None else None
+        if windows is None or not windows.path.is_file() or not run.run_dir:
+            continue
+        store = Store(Path(run.run_dir), Context(run_id=run.run_id, scenario="manual-faults",
+                                                 lab=entry.name))
+        try:
+            windows.end(OPS, None, store.scoped())
+        finally:
+            store.close()

@@ -4,7 +4,8 @@
 process; the row (``phase="fault"``, start to end, like a nemesis's) can only be written at
 the end.  So each window's start (and detail: a rate, a degradation) waits in the lab
 directory (``open-faults.json``) until the command that ends it writes its row: pause →
-resume, isolate → heal, limit → unlimit, degrade → restore, any of them → kill.  A second
+resume, isolate → heal, limit → unlimit, degrade → restore, any of them → kill or
+``scalelab down``.  A second
 start of a window already open keeps its start and takes the new detail.
 """
 
@@ -19,6 +20,8 @@ from typing import Any
 from harness.store import Recorder
 
 FILE = "open-faults.json"
+#: The ops of the windows made by hand (the nemesis's names for them).
+OPS = ("pause", "isolate", "bandwidth", "degrade")
 
 
 class OpenFaults:

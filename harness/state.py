@@ -175,6 +175,14 @@ def kill_process(pid: int, start: int | None, timeout: float = 5.0) -> None:
         time.sleep(0.01)
 
 
+def thaw_cgroup(path: Path) -> None:
+    """Thaw a frozen cgroup (v1 freezer or v2 ``cgroup.freeze``): a frozen task cannot die."""
+    for name, thawed in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):
+        with contextlib.suppress(OSError):
+            if (path / name).exists():
+                (path / name).write_text(thawed)
+
+
 def empty_cgroup(path: Path, timeout: float = 5.0) -> bool:
     """Kill everything in a cgroup directory and remove it; True when it is gone."""
     if not path.is_dir():
@@ -185,11 +193,8 @@ def empty_cgroup(path: Path, timeout: float = 5.0) -> bool:
             pids = [int(p) for p in (path / "cgroup.procs").read_text().split()]
         except OSError:
             pids = []
-        frozen = path / "freezer.state"
-        if pids and frozen.exists() and frozen.read_text().strip() != "THAWED":
-            # A frozen task cannot die: thaw first so SIGKILL is delivered.
-            with contextlib.suppress(OSError):
-                frozen.write_text("THAWED")
+        if pids:
+            thaw_cgroup(path)
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -316,6 +321,10 @@ def _remove_one(res: Resource) -> None:
     if kind == "process":
         kill_process(int(res.get("pid")), res.get("start"))
     elif kind == "cgroup":
+        # On v1 the guest's freezer is one of its directories: thawed before any other is
+        # emptied, or the SIGKILLed tasks of a paused guest never leave its memory cgroup.
+        for p in res.get("paths", []):
+            thaw_cgroup(Path(p))
         for p in res.get("paths", []):
             if not empty_cgroup(Path(p)):
                 raise RuntimeError(f"cgroup {p} still has tasks")
