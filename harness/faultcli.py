@@ -1,12 +1,13 @@
 """``scalelab fault ACTION GUEST...``: a fault injected by hand into a lab left up.
 
 The lab's backend attaches to it from its journal and ``guests.json`` and the fault goes
-through the nemesis, so it is a row of the run like any other.  A kept cluster lab has no
-backend to attach to (its workers are gone); its guests are reached through its shards on
-this host, each a lab with a journal and a ``guests.json`` of its own: the guests named are
-sorted by shard and each shard's part is done by its own backend.  Guests on a shard of
-another lab host are named in the error, with the command to run there.  Everything is
-looked up, attached and checked before the first fault is made.
+through the nemesis, so it is a row of the run like any other.  The guests named are sorted
+by the lab holding them, and each lab's share is done by its own backend; ``heal`` naming
+no guest heals every lab of the run.  A kept cluster lab has no backend to attach to (its
+workers are gone): its guests are reached through its shards on this host, each a lab with
+a journal and a ``guests.json`` of its own, and guests on a shard of another lab host are
+named in the error, with the command to run there.  Everything is looked up, attached and
+checked before the first fault is made.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from harness.degrade import Degradation
 from harness.errors import UserError
 from harness.faults import Nemesis
 from harness.openfaults import OPS, OpenFaults
-from harness.runs import LabEntry, Run, find_run, lab_holding, newest_kept_run
+from harness.runs import LabEntry, Run, find_run, labs_holding, newest_kept_run
 from harness.store import Context, Store
 
 
@@ -53,16 +54,17 @@ def _cli_fault(args: Any) -> int:
     run = find_run(args.run) if args.run else newest_kept_run()
     if run is None:
         raise UserError("no run is kept up here (see `scalelab ls`; --run names one)")
-    entry = lab_holding(run, names + (to or []))
-    if entry.is_cluster:
-        parts = shard_parts(run, entry, args.action, names, to)
-    else:
-        parts = [Part(entry, attach(entry), names, to)]
+    groups = labs_holding(run, names)  # heal, naming no guest: every lab of the run
+    if to is not None and [e for e, _ in labs_holding(run, to)] != [e for e, _ in groups]:
+        raise UserError(f"scalelab fault {args.action} --to: name guests of the lab the "
+                        "guests degraded are in (one lab at a time)")
+    parts = [p for entry, mine in groups
+             for p in (shard_parts(run, entry, args.action, mine, to) if entry.is_cluster
+                       else [Part(entry, attach(entry), mine, to)])]
     for part in parts:  # every capability checked before anything is done
         if cond is not None or args.action == "restore":
             require(part.backend, "degrade")
-    store = Store(Path(run.run_dir), Context(run_id=run.run_id, scenario="manual-faults",
-                                             lab=entry.name))
+    store = Store(Path(run.run_dir), Context(run_id=run.run_id, scenario="manual-faults"))
     labels = {apply(args.action, part, store, cond, args.rate) for part in parts}
     done = " ".join(names) or "all"
     print(f"{args.action}: {done}: {labels.pop()}" if cond is not None and len(labels) == 1
@@ -127,7 +129,7 @@ def apply(action: str, part: Part, store: Store, cond: Degradation | None, rate:
     """Do ``action`` to the part's guests through the nemesis, and begin or end the
     windows it opens or closes (their rows); what a degrade says."""
     backend, entry = part.backend, part.entry
-    recorder = store.scoped()
+    recorder = store.scoped(lab=entry.name)  # a shard's: its cluster lab's name
     nem = Nemesis(backend, recorder)
     lab_dir = entry.lab_dir or Path(".")
     windows = OpenFaults(lab_dir)

@@ -10,6 +10,7 @@ own journal removes them (a callback), so they are listed under it and removed l
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,28 +146,27 @@ def select(ref: str) -> Run | None:
     return None
 
 
-def lab_holding(run: Run, names: list[str], backend: str | None = None) -> LabEntry:
-    """The one lab of ``run`` whose guests include all of ``names`` (any lab when the run
-    has only one and no names are given); a UserError that lists the labs otherwise."""
-    labs = [lab for lab in run.labs
-            if backend is None or lab.state.header.get("backend") == backend]
-    # A cluster lab's shards are reached through it; a lab host other than the client's
-    # holds only its shard, which is then the lab.
-    labs = [lab for lab in labs if not lab.is_shard] or labs
-    holding = [lab for lab in labs if set(names) & set(lab.guest_names())]
-    if len(holding) > 1:
-        raise UserError(f"the guests named are in {len(holding)} labs of run {run.run_id} "
-                        f"({', '.join(lab.name for lab in holding)}): one lab at a time")
-    if not (holding or len(labs) == 1):
-        known = "; ".join(f"{lab.name}: {', '.join(lab.guest_names()[:3])}…" for lab in labs)
-        raise UserError(f"no lab of run {run.run_id} holds {' '.join(names) or 'the guests'}"
-                        f" ({known or 'it has none here'})")
-    entry = (holding or labs)[0]
-    missing = sorted(set(names) - set(entry.guest_names()))
+def labs_holding(run: Run, names: Sequence[str]) -> list[tuple[LabEntry, list[str]]]:
+    """The labs of ``run`` holding ``names``, each with its share of them, in the run's
+    order (every lab, with none of them, when no name is given); a UserError naming the
+    guests no lab holds.  A cluster lab's shards are reached through it; a lab host other
+    than the client's holds only its shard, which is then the lab."""
+    labs = [lab for lab in run.labs if not lab.is_shard] or list(run.labs)
+    if not names:
+        return [(lab, []) for lab in labs]
+    holder: dict[str, LabEntry] = {}
+    for lab in labs:
+        for name in lab.guest_names():
+            holder.setdefault(name, lab)
+    missing = [n for n in names if n not in holder]
     if missing:
-        raise UserError(f"no guest {', '.join(map(repr, missing))} in lab {entry.name} of run "
-                        f"{run.run_id}")
-    return entry
+        known = "; ".join(f"{lab.name}: {', '.join(lab.guest_names()[:3])}…" for lab in labs)
+        raise UserError(f"no guest {', '.join(map(repr, missing))} in run {run.run_id} "
+                        f"({known or 'it has no lab here'})")
+    shares: dict[str, tuple[LabEntry, list[str]]] = {}
+    for name in names:
+        shares.setdefault(holder[name].state.run_id, (holder[name], []))[1].append(name)
+    return list(shares.values())
 
 
 def newest_kept_run() -> Run | None:

@@ -43,7 +43,7 @@ from harness.errors import LabError, UserError
 from harness.faultcli import shard_parts
 from harness.identity import make_specs, run_tag
 from harness.image.cache import Image
-from harness.runs import Run, find_run, lab_holding
+from harness.runs import Run, find_run, labs_holding
 from harness.ssh import write_exports
 
 MARK = "SCALELAB_TEST_MARK"
@@ -545,10 +545,12 @@ def test_faults_by_hand_on_a_kept_cluster_lab(image: Image, tmp_path: Path, mark
         # is then the lab; and the client's lab without its shards names where they are.
         whole = find_run(run.name)
         shard_of_b = [lab for lab in whole.labs if lab.is_shard and b2 in lab.guest_names()]
-        assert lab_holding(Run(whole.run_id, tuple(shard_of_b)), [b2]) == shard_of_b[0]
+        assert labs_holding(Run(whole.run_id, tuple(shard_of_b)), [b2]) == [
+            (shard_of_b[0], [b2])]
         client = Run(whole.run_id, tuple(lab for lab in whole.labs if not lab.is_shard))
+        ((lab, mine),) = labs_holding(client, [b2])
         with pytest.raises(UserError, match=f"{b2} on {by_host_of(guests, b2)}"):
-            shard_parts(client, lab_holding(client, [b2]), "pause", [b2], None)
+            shard_parts(client, lab, "pause", mine, None)
     finally:
         down = cli(mark, "down", run.name)
     assert down.returncode == 0, down.stderr

@@ -3,6 +3,7 @@ lab, and `scalelab ls/down/clean` acting on a whole run (netns, real sshd and Op
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -26,6 +27,16 @@ def openssh(config: Path, guest: str, command: str) -> subprocess.CompletedProce
     return subprocess.run(
         ["ssh", "-F", str(config), "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", guest,
          command], capture_output=True, text=True, timeout=60)
+
+
+def openssh_quick(config: Path, guest: str) -> int:
+    """``ssh hostname``'s exit status within a few seconds (-1: no answer at all)."""
+    try:
+        return subprocess.run(["ssh", "-F", str(config), "-o", "BatchMode=yes", "-o",
+                               "ConnectTimeout=3", guest, "hostname"],
+                              capture_output=True, timeout=8).returncode
+    except subprocess.TimeoutExpired:
+        return -1
 
 
 @pytest.fixture
@@ -93,10 +104,28 @@ def test_ls_and_down_act_on_the_whole_run(two_labs: tuple[Session, Lab, Lab]) ->
     assert sorted(ln.split()[0] for ln in lines[1:]) == [
         "extra-g000", "extra-g001", "g000", "g001"]
     assert lines[1].split()[:2] == ["extra-g001", "extra"] and float(lines[1].split()[2]) > 0.5
+    # Faults by hand on guests of both labs at once, each done by its own lab's backend;
+    # `heal` naming no guest heals every lab of the run.
+    cfg = s.run_dir / "ssh_config"
+
+    def fault(*argv: str) -> subprocess.CompletedProcess[str]:
+        return scalelab("fault", *argv, "--run", s.run_id)
+
+    assert fault("isolate", "g000", "extra-g001").returncode == 0
+    assert all(openssh_quick(cfg, g) != 0 for g in ("g000", "extra-g001"))
+    assert all(openssh_quick(cfg, g) == 0 for g in ("g001", "extra-g000"))
+    assert fault("heal").returncode == 0
+    assert all(openssh_quick(cfg, g) == 0 for g in ("g000", "extra-g001"))
+    assert fault("pause", "g001", "extra-g000").returncode == 0  # left paused: ends at down
+    one_clear_line(fault("pause", "g001", "extra-g007"), "no guest 'extra-g007'")
     down = scalelab("down")
     assert down.returncode == 0, down.stderr
     assert s.run_id in down.stdout and "default" in down.stdout and "extra" in down.stdout
     assert s.run_id not in scalelab("ls").stdout
+    rows = [json.loads(ln) for ln in (s.run_dir / "timings.jsonl").read_text().splitlines()]
+    assert sorted((r["lab"], r["op"], r["guest"]) for r in rows if r["phase"] == "fault") == [
+        ("default", "isolate", "g000"), ("default", "pause", "g001"),
+        ("extra", "isolate", "extra-g001"), ("extra", "pause", "extra-g000")]
     # no_leaks checks that nothing of either lab is left.
 
 
