@@ -145,7 +145,7 @@ def apply(action: str, part: Part, store: Store, cond: Degradation | None, rate:
         inject(backend, action, nem._guests(part.names), rate=rate)
         if action in BEGINS:
             windows.begin(BEGINS[action], part.names, rate if action == "limit" else "")
-        else:  # heal names no guest: every isolation of the lab ends
+        else:  # resume, unlimit, heal (naming no guest: every isolation of the lab)
             windows.end(ENDS[action], part.names or None, recorder)
     return ""
 

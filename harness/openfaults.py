@@ -5,8 +5,8 @@ process; the row (``phase="fault"``, start to end, like a nemesis's) can only be
 the end.  So each window's start (and detail: a rate, a degradation) waits in the lab
 directory (``open-faults.json``) until the command that ends it writes its row: pause →
 resume, isolate → heal, limit → unlimit, degrade → restore, any of them → kill or
-``scalelab down``.  A second
-start of a window already open keeps its start and takes the new detail.
+``scalelab down``.  A second start of a window already open keeps its start and takes the
+new detail.
 """
 
 from __future__ import annotations
