@@ -35,8 +35,10 @@ class OpenFaults:
 
     def _save(self, state: dict[str, dict[str, dict[str, Any]]]) -> None:
         state = {op: guests for op, guests in state.items() if guests}
-        if state:
-            self.path.write_text(json.dumps(state, indent=1) + "\n")
+        if state:  # replaced whole: a command killed mid-write leaves the old file
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(state, indent=1) + "\n")
+            tmp.replace(self.path)
         else:
             self.path.unlink(missing_ok=True)
 
