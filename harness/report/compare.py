@@ -7,7 +7,7 @@ import math
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 from matplotlib.figure import Figure
@@ -23,7 +23,7 @@ from harness.report.resultcompare import (
     results_text,
 )
 from harness.report.rundata import RunData, load_run
-from harness.report.summary import series_stats
+from harness.report.summary import SERIES_KEYS, series_stats, workload_rows
 from harness.report.templating import environment, write_page
 from harness.report.zones import zone_for_run, zone_name
 
@@ -33,12 +33,15 @@ COMPARE_TEXT = "compare.txt"
 #: metric → True when a larger value is worse.
 METRICS: dict[str, bool] = {"p50": True, "p95": True, "throughput": False}
 #: The share of successful operations: a drop beyond the threshold is a regression too,
-#: and so is a smaller one that chance does not explain (``SUCCESS_ALPHA``).
+#: and so is a smaller one that chance does not explain (``ALPHA``).
 SUCCESS = "success_rate"
-#: A success-rate drop whose one-sided Fisher exact test on the two runs' counts gives
-#: ``p`` below this is a regression whatever its size: 100 % → 91 % of 200 operations is
-#: −9 %, under a 10 % threshold, and p ≈ 3e-6; 64/64 → 63/64 is p = 0.5, chance.
-SUCCESS_ALPHA = 0.05
+#: Chance, tested on the two runs' operations: a success-rate drop whose one-sided Fisher
+#: exact test on the counts gives ``p`` below this is a regression whatever its size
+#: (100 % → 91 % of 200 operations is −9 %, under a 10 % threshold, and p ≈ 1e-6; 64/64 →
+#: 63/64 is p = 0.5); a latency or throughput change beyond the threshold is one only when
+#: the latencies of B's successful operations are slower than A's beyond it (one-sided
+#: Mann–Whitney U): three operations a side cannot show a 30 % change is not noise.
+ALPHA = 0.05
 
 __all__ = ["METRICS", "CompareResult", "CompareRow", "Regression", "compare_runs"]
 
@@ -58,6 +61,8 @@ class CompareRow:
     b: dict[str, float | None]
     change: dict[str, float | None]
     flagged: tuple[str, ...] = ()
+    #: Metrics beyond the threshold that chance explains (not regressions).
+    chance: tuple[str, ...] = ()
 
     @property
     def presence(self) -> str:
@@ -106,6 +111,31 @@ def is_worse(metric: str, change: float | None, threshold: float) -> bool:
     return change > threshold if METRICS[metric] else change < -threshold
 
 
+#: A series: (scenario base, op, N).
+SeriesKey = tuple[str, str, int]
+
+
+def slower_p(timings_a: pd.DataFrame, timings_b: pd.DataFrame) -> dict[SeriesKey, float]:
+    """Per series in both runs: how likely B's successful operations would be this much
+    slower than A's by chance alone (one-sided Mann–Whitney U on their latencies)."""
+    from scipy.stats import mannwhitneyu
+
+    keys = [*SERIES_KEYS, "n_guests"]
+
+    def latencies(timings: pd.DataFrame) -> dict[SeriesKey, Any]:
+        wl = workload_rows(timings)
+        good = wl.loc[wl["ok"], [*keys, "duration_s"]].groupby(keys, observed=True)
+        out: dict[SeriesKey, Any] = {}
+        for key, g in good["duration_s"]:
+            base, op, n = cast(tuple[Any, Any, Any], key)  # grouped by three columns
+            out[(str(base), str(op), int(n))] = g.to_numpy(dtype=float)
+        return out
+
+    a, b = latencies(timings_a), latencies(timings_b)
+    return {k: float(mannwhitneyu(b[k], a[k], alternative="greater").pvalue)
+            for k in a.keys() & b.keys() if len(a[k]) and len(b[k])}
+
+
 def success_drop_p(ok_a: int, count_a: int, ok_b: int, count_b: int) -> float:
     """How likely B's operations would fail at least this much more often than A's by
     chance alone (one-sided Fisher exact test on the 2×2 table of successes and failures)."""
@@ -118,21 +148,23 @@ def success_drop_p(ok_a: int, count_a: int, ok_b: int, count_b: int) -> float:
 def success_regression(title: str, n: int, r: Mapping[Hashable, Any],
                        threshold: float) -> Regression | None:
     """A merged row's success-rate regression: a drop beyond ``threshold``, or a drop too
-    unlikely by chance (``SUCCESS_ALPHA``); None if neither."""
+    unlikely by chance (``ALPHA``); None if neither."""
     sa, sb = _num(r["success_rate_a"]), _num(r["success_rate_b"])
     change = relative_change(sa, sb)
     if sa is None or sb is None or change is None or sb >= sa:
         return None
     p = success_drop_p(int(r["ok_a"]), int(r["count_a"]), int(r["ok_b"]), int(r["count_b"]))
-    if change < -threshold or p < SUCCESS_ALPHA:
+    if change < -threshold or p < ALPHA:
         return Regression(title, n, SUCCESS, sa, sb, change, p_value=p)
     return None
 
 
 def compare_stats(
-    stats_a: pd.DataFrame, stats_b: pd.DataFrame, threshold: float
+    stats_a: pd.DataFrame, stats_b: pd.DataFrame, threshold: float,
+    slower: Mapping[SeriesKey, float] | None = None,
 ) -> tuple[list[CompareRow], list[Regression]]:
-    """Join two :func:`series_stats` tables on (scenario base, op, N) and flag regressions."""
+    """Join two :func:`series_stats` tables on (scenario base, op, N) and flag regressions
+    (``slower``: :func:`slower_p` of the runs; without it the threshold alone decides)."""
     keys = ["base", "op", "n_guests"]
     cols = [*keys, "title", "count", "ok", "success_rate", *METRICS]
     merged = stats_a[cols].merge(
@@ -147,9 +179,13 @@ def compare_stats(
         a = {m: _num(r[f"{m}_a"]) for m in METRICS}
         b = {m: _num(r[f"{m}_b"]) for m in METRICS}
         change = {m: relative_change(a[m], b[m]) for m in METRICS}
-        flagged = tuple(m for m in METRICS if is_worse(m, change[m], threshold))
+        beyond = tuple(m for m in METRICS if is_worse(m, change[m], threshold))
+        p = (slower or {}).get((str(r["base"]), str(r["op"]), n))
+        chance = beyond if p is not None and p >= ALPHA else ()
+        flagged = tuple(m for m in beyond if m not in chance)
         for m in flagged:
-            regressions.append(Regression(title, n, m, a[m] or 0.0, b[m] or 0.0, change[m] or 0.0))
+            regressions.append(Regression(title, n, m, a[m] or 0.0, b[m] or 0.0, change[m] or 0.0,
+                                          p_value=p))
         in_a, in_b = r["_merge"] != "right_only", r["_merge"] != "left_only"
         sa, sb = _num(r["success_rate_a"]), _num(r["success_rate_b"])
         if (worse := success_regression(title, n, r, threshold)) is not None:
@@ -168,6 +204,7 @@ def compare_stats(
                 b=b,
                 change=change,
                 flagged=flagged,
+                chance=chance,
             )
         )
     return rows, regressions
@@ -186,8 +223,9 @@ def compare_text(
         f"scalelab compare: A = {run_a.run_id} ({run_a.run_dir})",
         f"                  B = {run_b.run_id} ({run_b.run_dir})",
         f"regression threshold: {threshold:.0%} (latency up, throughput, success rate or an "
-        "agent's rate down), and any success-rate drop chance does not explain "
-        f"(one-sided Fisher exact p < {SUCCESS_ALPHA:g})",
+        "agent's rate down), where chance does not explain it (p < "
+        f"{ALPHA:g}: Mann–Whitney U on the latencies); and any success-rate drop chance does "
+        "not explain (Fisher exact)",
         "",
     ]
     head = (
@@ -200,7 +238,8 @@ def compare_text(
             ch = row.change[m]
             delta = f" ({ch * 100:+.0f}%)" if ch is not None else ""
             cells.append(f"{fmt_value(m, row.a[m])} → {fmt_value(m, row.b[m])}{delta}")
-        flag = "WORSE " + ",".join(row.flagged) if row.flagged else ""
+        flag = " ".join(([f"WORSE {','.join(row.flagged)}"] if row.flagged else [])
+                        + ([f"chance? {','.join(row.chance)}"] if row.chance else []))
         if row.presence != "both":
             flag = row.presence
         lines.append(
@@ -210,8 +249,8 @@ def compare_text(
     lines += results_text(results)
     lines.append("")
     if regressions:
-        lines.append(f"{len(regressions)} regression(s) beyond {threshold:.0%}, or success-rate "
-                     f"drops beyond chance (p < {SUCCESS_ALPHA:g}):")
+        lines.append(f"{len(regressions)} regression(s) beyond {threshold:.0%} and beyond chance "
+                     f"(p < {ALPHA:g}), or success-rate drops beyond chance:")
         lines += [f"  {r}" for r in regressions]
     else:
         lines.append(f"no regression beyond {threshold:.0%}")
@@ -268,15 +307,17 @@ def compare_runs(run_a: Path, run_b: Path, out_dir: Path, threshold: float = 0.1
     """Compare run B against run A; write ``compare.html`` and ``compare.txt`` into ``out_dir``.
 
     A (scenario, N) regresses when its p50 or p95 latency grows, or its throughput or success
-    rate shrinks, by more than ``threshold`` (0.10 = 10 %); so does an agent metric (its
-    headline first) whose rate drops or whose latency rises by more than that.
+    rate shrinks, by more than ``threshold`` (0.10 = 10 %) and beyond chance (``ALPHA``); so
+    does an agent metric (its headline first) whose rate drops or whose latency rises by more
+    than that.
     """
     if not 0 <= threshold < 10:
         raise UserError(f"compare threshold must be a fraction such as 0.1, got {threshold}")
     a = load_run(Path(run_a), rebuild_parquet=False)
     b = load_run(Path(run_b), rebuild_parquet=False)
     stats_a, stats_b = series_stats(a.timings), series_stats(b.timings)
-    rows, regressions = compare_stats(stats_a, stats_b, threshold)
+    rows, regressions = compare_stats(stats_a, stats_b, threshold,
+                                      slower_p(a.timings, b.timings))
     results, result_regressions = compare_results(a, b, threshold)
     # The headlines' regressions first: they are what the scenarios are about.
     regressions = [r for r in result_regressions if r.headline] + regressions + [
@@ -296,7 +337,7 @@ def compare_runs(run_a: Path, run_b: Path, out_dir: Path, threshold: float = 0.1
         run_a=a,
         run_b=b,
         threshold=threshold,
-        success_alpha=SUCCESS_ALPHA,
+        alpha=ALPHA,
         rows=rows,
         regressions=regressions,
         results=results,

@@ -124,9 +124,27 @@ def test_small_change_and_improvement_are_not_flagged(
     assert better.ok
 
 
-def test_threshold_is_respected(runs: dict[str, Path], tmp_path: Path) -> None:
-    strict = compare_runs(runs["base"], runs["noise"], tmp_path, threshold=0.02)
-    assert {r.metric for r in strict.regressions} >= {"p50", "p95"}
+def many_ops(root: Path, factor: float) -> Path:
+    """8 guests × 100 operations, every latency ``factor`` times the base's."""
+    return make_run(root / f"many-{factor}", RunSpec(
+        run_id=f"run-many-{factor}", ns=(8,), ops_per_guest=100, latency_factor=factor))
+
+
+def test_threshold_is_respected_where_chance_is_ruled_out(runs: dict[str, Path],
+                                                          tmp_path: Path) -> None:
+    """The sweep's +5 % (12 operations per guest) under a 2 % threshold is beyond it, but
+    chance explains it (Mann–Whitney U): noted, not flagged.  With 800 operations a side
+    the same 5 % is no accident: a regression under 2 %, with its p-value, not under 10 %."""
+    strict = compare_runs(runs["base"], runs["noise"], tmp_path / "s", threshold=0.02)
+    assert strict.ok, [str(r) for r in strict.regressions]
+    assert all(set(row.chance) >= {"p50", "p95"} for row in strict.rows)
+    assert "chance? p50,p95" in strict.text
+    a, b = many_ops(tmp_path, 1.0), many_ops(tmp_path, 1.05)
+    found = compare_runs(a, b, tmp_path / "m2", threshold=0.02)
+    assert {r.metric for r in found.regressions} >= {"p50", "p95"}
+    assert all(r.p_value is not None and r.p_value < 0.05 for r in found.regressions)
+    assert ", p = " in found.text
+    assert compare_runs(a, b, tmp_path / "m10").ok
 
 
 def test_outputs_written(runs: dict[str, Path], tmp_path: Path) -> None:
