@@ -222,10 +222,9 @@ def compare_text(
     lines = [
         f"scalelab compare: A = {run_a.run_id} ({run_a.run_dir})",
         f"                  B = {run_b.run_id} ({run_b.run_dir})",
-        f"regression threshold: {threshold:.0%} (latency up, throughput, success rate or an "
-        "agent's rate down), where chance does not explain it (p < "
-        f"{ALPHA:g}: Mann–Whitney U on the latencies); and any success-rate drop chance does "
-        "not explain (Fisher exact)",
+        f"regression threshold: {threshold:.0%}: latency up or throughput down beyond it and "
+        f"beyond chance (p < {ALPHA:g}, Mann–Whitney U on the latencies); success rate down "
+        "beyond it or beyond chance (Fisher exact); an agent's rate down beyond it",
         "",
     ]
     head = (
