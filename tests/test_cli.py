@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.cli import one_clear_line, scalelab, scalelab_into_closed_pipe
+from helpers.cli import one_clear_line, scalelab, scalelab_into_closed_pipe, ssh_answers
 from leaks import PROJECT, snapshot
 
 from harness.identity import host_routes
@@ -173,28 +173,20 @@ def test_fault_verbs_on_a_lab_left_up(image: Image, tmp_path: Path) -> None:
     assert up.returncode == 0, up.stderr
     run_dir = (reports / "latest").resolve()
     run = run_dir.name  # named everywhere: another kept run on this host is not ours to touch
-    cfg = str(run_dir / "ssh_config")
-
-    def ssh(guest: str, timeout: float = 10) -> int:
-        try:
-            return subprocess.run(["ssh", "-F", cfg, "-o", "BatchMode=yes", "-o",
-                                   "ConnectTimeout=3", guest, "true"],
-                                  capture_output=True, timeout=timeout).returncode
-        except subprocess.TimeoutExpired:
-            return -1
+    cfg = run_dir / "ssh_config"
 
     try:
         assert scalelab("fault", "pause", "g001", "--run", run).returncode == 0
-        assert ssh("g001", timeout=4) != 0  # frozen: no answer
+        assert not ssh_answers(cfg, "g001", timeout=4)  # frozen: no answer
         assert scalelab("fault", "resume", "g001", "--run", run).returncode == 0
-        assert ssh("g001") == 0
+        assert ssh_answers(cfg, "g001")
         assert scalelab("fault", "isolate", "g002", "--run", run).returncode == 0
-        assert ssh("g002", timeout=6) != 0
+        assert not ssh_answers(cfg, "g002", timeout=6)
         assert scalelab("fault", "heal", "--run", run).returncode == 0
-        assert ssh("g002") == 0
-        assert ssh("g000") == 0  # up before the kill, so that "no answer" means it
+        assert ssh_answers(cfg, "g002")
+        assert ssh_answers(cfg, "g000")  # up before the kill, so that "no answer" means it
         assert scalelab("fault", "kill", "g000", "--run", run).returncode == 0
-        assert ssh("g000", timeout=6) != 0
+        assert not ssh_answers(cfg, "g000", timeout=6)
         bad = scalelab("fault", "pause", "g999", "--run", run)
         one_clear_line(bad, "no guest 'g999'")
         # Left paused: its window ends with the lab.

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers.cli import one_clear_line, scalelab
+from helpers.cli import one_clear_line, scalelab, ssh_answers
 from leaks import PROJECT, Snapshot, snapshot
 
 from harness.backends.base import Guest, Jump
@@ -488,16 +488,6 @@ def by_host_of(guests: list[dict[str, str]], name: str) -> str:
     return next(g["lab_host"] for g in guests if g["name"] == name)
 
 
-def _answers(run: Path, name: str) -> bool:
-    """Whether guest ``name`` of the kept lab in ``run`` answers SSH within a few seconds."""
-    try:
-        out = subprocess.run(["ssh", "-F", str(run / "ssh_config"), "-o", "ConnectTimeout=3",
-                              name, "hostname"], capture_output=True, text=True, timeout=8)
-    except subprocess.TimeoutExpired:
-        return False  # paused: the kernel takes the connection, the frozen sshd says nothing
-    return out.returncode == 0 and out.stdout.strip() == name
-
-
 @pytest.mark.integration
 def test_faults_by_hand_on_a_kept_cluster_lab(image: Image, tmp_path: Path, mark: str) -> None:
     """``scalelab fault`` on a kept lab over 2 lab hosts: each guest named is reached through
@@ -515,18 +505,19 @@ def test_faults_by_hand_on_a_kept_cluster_lab(image: Image, tmp_path: Path, mark
             by_host.setdefault(g["lab_host"], []).append(g["name"])
         assert len(by_host) == 2
         (a, a2), (b, b2) = sorted(by_host.values())
+        cfg = run / "ssh_config"
 
         def fault(*argv: str) -> subprocess.CompletedProcess[str]:
             return cli(mark, "fault", *argv, "--run", run.name)
 
         assert fault("pause", a, b).returncode == 0
-        assert not _answers(run, a) and not _answers(run, b) and _answers(run, a2)
+        assert not ssh_answers(cfg, a) and not ssh_answers(cfg, b) and ssh_answers(cfg, a2)
         assert fault("resume", a, b).returncode == 0
-        assert _answers(run, a) and _answers(run, b)
+        assert ssh_answers(cfg, a) and ssh_answers(cfg, b)
         assert fault("isolate", a, b2).returncode == 0
-        assert not _answers(run, a) and not _answers(run, b2) and _answers(run, b)
+        assert not ssh_answers(cfg, a) and not ssh_answers(cfg, b2) and ssh_answers(cfg, b)
         assert fault("heal").returncode == 0  # no guest named: every shard of the lab
-        assert _answers(run, a) and _answers(run, b2)
+        assert ssh_answers(cfg, a) and ssh_answers(cfg, b2)
         top = cli(mark, "top", run.name, "--interval", "0.2")
         assert top.returncode == 0, top.stderr
         assert {ln.split()[0] for ln in top.stdout.splitlines()[1:]} == {a, a2, b, b2}
@@ -535,7 +526,7 @@ def test_faults_by_hand_on_a_kept_cluster_lab(image: Image, tmp_path: Path, mark
         assert fault("degrade", a, "--loss", "100%", "--to", a2).returncode == 0
         assert fault("restore", a).returncode == 0
         assert fault("kill", b).returncode == 0
-        assert not _answers(run, b) and _answers(run, a)
+        assert not ssh_answers(cfg, b) and ssh_answers(cfg, a)
         rows = [json.loads(ln) for ln in (run / "timings.jsonl").read_text().splitlines()]
         faults = {(r["op"], r["guest"]) for r in rows if r["phase"] == "fault"}
         assert {("pause", a), ("pause", b), ("isolate", a), ("isolate", b2), ("kill", b),

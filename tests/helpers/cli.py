@@ -38,3 +38,17 @@ def one_clear_line(res: subprocess.CompletedProcess[str], *needles: str) -> None
     assert lines[0].startswith("scalelab: ")
     for n in needles:
         assert n in lines[0], lines[0]
+
+
+def ssh_answers(config: Path, guest: str, timeout: float = 8) -> bool:
+    """Whether ``guest`` answers ``ssh -F config guest hostname`` (OpenSSH, strictly
+    checked, as a person types it) with its own name within ``timeout`` seconds.  A paused
+    guest says nothing at all: its kernel takes the connection, its frozen sshd never
+    answers."""
+    try:
+        out = subprocess.run(["ssh", "-F", str(config), "-o", "BatchMode=yes", "-o",
+                              "ConnectTimeout=3", guest, "hostname"],
+                             capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return False
+    return out.returncode == 0 and out.stdout.strip() == guest
